@@ -32,8 +32,9 @@ class Checkpointer:
                async_save: bool = True):
     self.directory = pathlib.Path(model_dir).absolute() / "checkpoints"
     self.corrupt_directory = pathlib.Path(model_dir).absolute() / "checkpoints_corrupt"
+    self.save_interval_steps = save_interval_steps
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=save_interval_steps,
+        max_to_keep=keep,
         enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -44,13 +45,16 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: Any, *, force: bool = False) -> bool:
-    """Saves when `step` is due (or `force`); returns whether a save was started."""
+    """Saves when `step` is a multiple of the interval (or `force`); returns whether a save
+    was started."""
     if step in self._manager.all_steps():
       return False  # never overwrite a finished step
+    if not force and step % self.save_interval_steps:
+      return False
     return self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       data_iterator=ocp.args.JsonSave(data_state)),
-        force=force)
+        force=True)
 
   def wait(self) -> None:
     """Blocks until pending async saves are committed to disk."""

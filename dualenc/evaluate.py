@@ -24,17 +24,21 @@ nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import importlib
 import logging
-import os
 import pathlib
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import gin
 
+from dualenc import checkpoints
+from dualenc import convert
 from dualenc import gin_utils
 from dualenc import partitioning
+from dualenc.data.records import DataFormatError
 from dualenc.evaluation import encode
 from dualenc.evaluation import loading
 from dualenc.evaluation import metrics as metrics_lib
@@ -83,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
   how.add_argument("--batch_tokens", type=int, help="rows x padded length per batch")
   how.add_argument("--mesh_model", type=int, default=1, help="model-parallel mesh axis size")
   how.add_argument("--no_progress", action="store_true")
+  gin_utils.add_gin_flags(parser)
   return parser
 
 
@@ -104,31 +109,26 @@ def _encode_options(args) -> encode.EncodeOptions:
                               progress=base.progress and not args.no_progress)
 
 
-def _cache_dir(args, output_dir: pathlib.Path) -> Optional[pathlib.Path]:
+def cache_dir_of(args, output_dir: pathlib.Path) -> Optional[pathlib.Path]:
   if args.no_cache:
     return None
   return pathlib.Path(args.cache_dir) if args.cache_dir else output_dir / "embeddings"
 
 
-def run_zero_shot(args) -> Dict[str, Any]:
-  """--hf_checkpoint with --beir_dir: one BEIR split, no gin."""
-  from dualenc.data import readers  # pylint: disable=g-import-not-at-top
-  output_dir = pathlib.Path(args.output_dir)
-  beir_dir = pathlib.Path(args.beir_dir).expanduser().resolve()
-  split = args.split or "test"
-  data = readers.open_dataset(beir_dir, "beir", on_bad_record=args.on_bad_record).eval_data(split)
-  model = loading.from_hf_checkpoint(args.hf_checkpoint, dtype=args.dtype or "float32",
-                                     max_length=args.max_length)
-  mesh = partitioning.make_mesh(-1, args.mesh_model)
-  encoders = retrieval.ModelEncoders(model, mesh, _encode_options(args))
-  name = beir_dir.name
-  result = retrieval.evaluate_retrieval(
-      encoders, data, name=name, options=_options(args), scann_config=search.ScannConfig(),
-      cache_dir=_cache_dir(args, output_dir), output_dir=output_dir,
-      index_dir=args.save_index)
-  _print_table({name: result.metrics})
-  print(f"wrote {output_dir / 'metrics.json'} and {output_dir / 'run.trec'}")
-  return result.metrics
+@dataclasses.dataclass
+class Setup:
+  """A parsed command line: the model, its towers, and the tasks to evaluate.
+
+  tasks: task name -> loader of its EvalData; `zero_shot` tasks come from --beir_dir.
+  """
+
+  retrieval_model: loading.RetrievalModel
+  encoders: retrieval.ModelEncoders
+  tasks: Dict[str, Callable[[], Any]]
+  split: str
+  feature_lengths: Optional[Dict[str, int]]
+  zero_shot: bool
+  step_dir: Optional[pathlib.Path] = None
 
 
 def _import_task_modules() -> None:
@@ -140,37 +140,97 @@ def _import_task_modules() -> None:
       raise
 
 
-def run_checkpoint(args, gin_files: Sequence[str], bindings: Sequence[str]) -> Dict[str, Any]:
-  """--checkpoint (+ gin): a trained model over its task or mixture, or over --beir_dir."""
-  step_dir = pathlib.Path(args.checkpoint).expanduser().resolve()
-  if not gin_files:
-    default = step_dir.parent.parent / "config.gin"
-    if not default.is_file():
-      raise SystemExit(f"no --gin_file given and {default} does not exist; pass the gin files "
-                       "the checkpoint was trained with")
-    gin_files = [str(default)]
+def _register_beir(registry, beir_dir, on_bad_record: str) -> str:
+  """Registers --beir_dir as task `beir_<dir name>` (suffixed by a hash of the directory and
+  policy when that name is taken by another directory or policy in this process)."""
+  beir_dir = pathlib.Path(beir_dir).expanduser().resolve()
+  name = f"beir_{beir_dir.name}"
+  try:
+    return registry.register_dataset(name, str(beir_dir), "beir", on_bad_record=on_bad_record)
+  except ValueError as e:
+    if "already registered" not in str(e):
+      raise
+  digest = hashlib.sha256(f"{beir_dir}|{on_bad_record}".encode()).hexdigest()[:8]
+  return registry.register_dataset(f"{name}_{digest}", str(beir_dir), "beir",
+                                   on_bad_record=on_bad_record)
+
+
+def prepare(args, bindings: Sequence[str], parser: argparse.ArgumentParser,
+            task: Optional[str] = None) -> Setup:
+  """Checks the flags, parses gin, loads the model and resolves the tasks (shared by
+  dualenc.evaluate, dualenc.analysis and dualenc.search)."""
+  if bool(args.checkpoint) == bool(args.hf_checkpoint):
+    parser.error("pass exactly one of --checkpoint (dualenc) or --hf_checkpoint (zero-shot)")
+  search_paths = [p for p in args.gin_search_paths.split(",") if p]
   gin.clear_config()
-  gin_utils.parse([EVAL_BASE_GIN] + list(gin_files), bindings)
-  _import_task_modules()
-  model, task_names, feature_lengths, split = eval_task()
-  split = args.split or split
-  if args.beir_dir:
-    from dualenc.data import registry  # pylint: disable=g-import-not-at-top
+  if args.hf_checkpoint:
+    if not args.beir_dir:
+      parser.error("--hf_checkpoint needs --beir_dir")
+    gin_utils.parse(args.gin_file, bindings, search_paths)  # optional: eval/*.gin tuning
+    from dualenc.data import readers  # pylint: disable=g-import-not-at-top
     beir_dir = pathlib.Path(args.beir_dir).expanduser().resolve()
-    task_names = registry.register_dataset(f"beir_{beir_dir.name}", str(beir_dir), "beir",
-                                           on_bad_record=args.on_bad_record)
-  output_dir = pathlib.Path(args.output_dir or step_dir.parent.parent / "eval" / step_dir.name)
-  tasks = retrieval.leaf_task_names(task_names)
-  retrieval_model = loading.from_dualenc_checkpoint(
-      model, step_dir, retrieval.task_vocabulary(tasks[0]), feature_lengths, dtype=args.dtype)
+    split = args.split or "test"
+    reader = readers.open_dataset(beir_dir, "beir", on_bad_record=args.on_bad_record)
+    model = loading.from_hf_checkpoint(args.hf_checkpoint, dtype=args.dtype or "float32",
+                                       max_length=args.max_length)
+    tasks = {beir_dir.name: lambda: reader.eval_data(split)}
+    feature_lengths, step_dir = None, None
+  else:
+    step_dir = pathlib.Path(args.checkpoint).expanduser().resolve()
+    gin_files = list(args.gin_file)
+    if not gin_files:
+      default = step_dir.parent.parent / "config.gin"
+      if not default.is_file():
+        parser.error(f"no --gin_file given and {default} does not exist; pass the gin files "
+                     "the checkpoint was trained with")
+      gin_files = [str(default)]
+    _import_task_modules()  # before gin locks its config: task modules may add configurables
+    gin_utils.parse([EVAL_BASE_GIN] + gin_files, bindings, search_paths)
+    gin_model, task_names, feature_lengths, split = eval_task()
+    split = args.split or split
+    from dualenc.data import registry  # pylint: disable=g-import-not-at-top
+    if args.beir_dir:
+      task_names = _register_beir(registry, args.beir_dir, args.on_bad_record)
+    names = retrieval.leaf_task_names(task_names)
+    model = loading.from_dualenc_checkpoint(gin_model, step_dir,
+                                            retrieval.task_vocabulary(names[0]),
+                                            feature_lengths, dtype=args.dtype)
+    model.source["gin_config"] = gin.config_str()  # lets dualenc.search rebuild the model
+    tasks = {n: (lambda n=n: registry.eval_data(n, split)) for n in names}
+  if task is not None:
+    if task not in tasks:
+      parser.error(f"--task {task!r} is not one of {sorted(tasks)}")
+    tasks = {task: tasks[task]}
   mesh = partitioning.make_mesh(-1, args.mesh_model)
-  results = retrieval.evaluate_tasks(
-      retrieval_model.model, retrieval_model.params, tasks, feature_lengths=feature_lengths,
-      split=split, mesh=mesh, options=_options(args), scann_config=search.ScannConfig(),
-      encode_options=_encode_options(args), output_dir=output_dir,
-      cache_dir=_cache_dir(args, output_dir), retrieval_model=retrieval_model)
+  encoders = retrieval.ModelEncoders(model, mesh, _encode_options(args))
+  return Setup(model, encoders, tasks, split, feature_lengths, bool(args.hf_checkpoint),
+               step_dir)
+
+
+def run(args, bindings: Sequence[str], parser: argparse.ArgumentParser) -> Dict[str, Any]:
+  """Evaluates what the flags name; returns {task: metrics} (+ macro average if several)."""
+  setup = prepare(args, bindings, parser)
+  options = _options(args)
+  if setup.zero_shot:
+    output_dir = pathlib.Path(args.output_dir)
+    (name, load), = setup.tasks.items()
+    result = retrieval.evaluate_retrieval(
+        setup.encoders, load(), name=name, options=options, scann_config=search.ScannConfig(),
+        cache_dir=cache_dir_of(args, output_dir), output_dir=output_dir,
+        index_dir=args.save_index)
+    results = {name: result.metrics}
+    written = f"{output_dir / 'metrics.json'} and {output_dir / 'run.trec'}"
+  else:
+    output_dir = pathlib.Path(args.output_dir or
+                              setup.step_dir.parent.parent / "eval" / setup.step_dir.name)
+    results = retrieval.evaluate_tasks(
+        None, None, list(setup.tasks), feature_lengths=setup.feature_lengths, split=setup.split,
+        options=options, scann_config=search.ScannConfig(), output_dir=output_dir,
+        cache_dir=cache_dir_of(args, output_dir), encoders=setup.encoders,
+        index_dir=args.save_index)
+    written = f"{output_dir / 'metrics.json'} (and one directory per task)"
   _print_table(results)
-  print(f"wrote {output_dir / 'metrics.json'}")
+  print(f"wrote {written}")
   return results
 
 
@@ -189,21 +249,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dualenc import search as search_cli  # pylint: disable=g-import-not-at-top
     return search_cli.main(argv[1:])
   parser = build_parser()
-  gin_utils.add_gin_flags(parser)
   bindings, rest = gin_utils.split_gin_overrides(argv)
   args = parser.parse_args(rest)
-  if bool(args.checkpoint) == bool(args.hf_checkpoint):
-    parser.error("pass exactly one of --checkpoint (dualenc) or --hf_checkpoint (zero-shot)")
-  if args.hf_checkpoint:
-    if not args.beir_dir or not args.output_dir:
-      parser.error("--hf_checkpoint needs --beir_dir and --output_dir")
-    gin.clear_config()  # gin is optional here: eval/*.gin may tune ScaNN or batching
-    gin_utils.parse(args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p])
-    run_zero_shot(args)
-    return 0
-  for path in [p for p in args.gin_search_paths.split(",") if p]:
-    gin.add_config_file_search_path(os.path.abspath(path))
-  run_checkpoint(args, args.gin_file, bindings)
+  if args.hf_checkpoint and not args.output_dir:
+    parser.error("--hf_checkpoint needs --output_dir")
+  try:
+    run(args, bindings, parser)
+  except (DataFormatError, convert.CheckpointError, checkpoints.CheckpointError,
+          gin_utils.GinConfigError, FileNotFoundError, ValueError) as e:
+    # Bad input: one clear line naming the file, line or binding at fault, no traceback.
+    print(f"error: {e}", file=sys.stderr)
+    if isinstance(e, DataFormatError):
+      print("(--on_bad_record=warn skips and counts bad records instead)", file=sys.stderr)
+    return 2
   return 0
 
 

@@ -35,7 +35,8 @@ LOGICAL_AXIS_RULES: LogicalRules = (
 @gin.configurable
 def make_mesh(data: int = -1, model: int = 1,
               devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """A ('data', 'model') mesh over all devices; `data=-1` takes whatever `model` leaves.
+  """A ('data', 'model') mesh; `data=-1` takes every device that `model` leaves, otherwise the
+  first data x model devices are used.
 
   Axes are Auto so GSPMD propagates shardings through ops such as `q @ d.T` of two
   batch-sharded arrays (Explicit axes, this JAX's default, reject that product).
@@ -45,8 +46,10 @@ def make_mesh(data: int = -1, model: int = 1,
     raise ValueError(f"make_mesh.model={model} must divide the device count {len(devices)}")
   if data == -1:
     data = len(devices) // model
-  if data * model != len(devices):
-    raise ValueError(f"make_mesh: data={data} x model={model} != {len(devices)} devices")
+  if data < 1 or data * model > len(devices):
+    raise ValueError(f"make_mesh: data={data} x model={model} needs more than the "
+                     f"{len(devices)} devices available")
+  devices = devices[:data * model]
   return jax.make_mesh((data, model), ("data", "model"), devices=devices,
                        axis_types=(AxisType.Auto, AxisType.Auto))
 

@@ -9,6 +9,14 @@ Re-running the same command resumes from the newest good checkpoint in MODEL_DIR
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+  # Run the imported module instead, so gin registers `train` once, as dualenc.train.train
+  # (a second copy under __main__ would make `--gin.train.X` ambiguous).
+  import sys
+  from dualenc.train import main
+  sys.exit(main())
+
+import argparse
 import logging
 import math
 import pathlib
@@ -18,8 +26,10 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
+import seqio
 import jax
 import jax.numpy as jnp
+import optax
 from flax import linen as nn
 
 from dualenc import checkpoints as checkpoints_lib
@@ -64,8 +74,10 @@ def train(*,
           mixture_or_task_name: str = gin.REQUIRED,
           train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED,
-          feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          feature_lengths: Mapping[str, Any] = gin.REQUIRED,
+          vocabulary: Optional[seqio.Vocabulary] = None,
           loss_fn: Callable[..., jax.Array] = losses.samtone,
+          schedule: Optional[optax.Schedule] = None,
           seed: int = 0,
           log_every_steps: int = 1,
           checkpoint_every_steps: int = 100,
@@ -86,8 +98,11 @@ def train(*,
     mixture_or_task_name: a registered seqio task or mixture.
     train_steps: total number of optimizer steps (resumed runs count from their checkpoint).
     batch_size: global batch size (split evenly over processes).
-    feature_lengths: {'left_encoder_input_tokens': Lq, 'right_encoder_input_tokens': Ld, ...}.
+    feature_lengths: task feature lengths {'inputs': Lq, 'targets': Ld
+      [, 'negative_targets': [N, Ln]]} (TASK_FEATURE_LENGTHS).
+    vocabulary: the model's vocabulary (overrides the tasks' own); None keeps theirs.
     loss_fn: (q [B, D], d [B, D], *, hard_negatives, query_ids, doc_ids) -> scalar.
+    schedule: step -> learning rate; None uses `optimizers.learning_rate_schedule()`.
     initial_checkpoint_path: Hugging Face directory or dualenc checkpoint step directory whose
       encoder weights initialise every tower (ignored when resuming).
     pretrained_params: params of an encoder already converted (Python callers).
@@ -106,12 +121,12 @@ def train(*,
   if batch_size % mesh.shape["data"] or batch_size % jax.process_count():
     raise ValueError(f"BATCH_SIZE={batch_size} must divide evenly over the mesh's "
                      f"{mesh.shape['data']} data shards and {jax.process_count()} processes")
-  local_batch_size = batch_size // jax.process_count()
   data = pipeline.make_batch_iterator(
-      mixture_or_task_name, split="train", batch_size=local_batch_size,
+      mixture_or_task_name, split="train", batch_size=batch_size,
       feature_lengths=feature_lengths, seed=seed, shard_index=jax.process_index(),
-      num_shards=jax.process_count())
-  feature_shapes = {k: (batch_size,) + tuple(v.shape[1:]) for k, v in data.peek().items()}
+      num_shards=jax.process_count(), vocabulary=vocabulary)
+  feature_specs = _global_feature_specs(data, batch_size)
+  feature_shapes = {k: shape for k, (shape, _) in feature_specs.items()}
 
   # ----------------------------------------------------------------------------------------
   # State: fresh (optionally from pretrained weights) or resumed from the newest checkpoint.
@@ -120,18 +135,18 @@ def train(*,
   init_rng, dropout_rng = jax.random.split(rng)
   rules = partitioning.LOGICAL_AXIS_RULES
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract_params = jax.eval_shape(ts.init_params, model, init_rng, feature_shapes)
+    abstract_params = jax.eval_shape(lambda r: ts.init_params(model, r, feature_shapes), init_rng)
     param_shardings = partitioning.logical_shardings(abstract_params, mesh, rules)
     params = jax.jit(lambda r: nn.meta.unbox(ts.init_params(model, r, feature_shapes)),
                      out_shardings=param_shardings)(init_rng)
   frozen = towers.FROZEN_PARAMETERS.get(model.architecture, ())
-  schedule = optimizers.learning_rate_schedule()
+  schedule = schedule or optimizers.learning_rate_schedule()
   optimizer = optimizers.make_optimizer(params, schedule=schedule, frozen_patterns=frozen)
   checkpointer = checkpoints_lib.Checkpointer(
       str(model_dir), keep=keep_checkpoints, save_interval_steps=checkpoint_every_steps,
       async_save=async_checkpoints)
-  state = ts.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=jax.jit(optimizer.init)(params))
+  state = _on_mesh(ts.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                 opt_state=jax.jit(optimizer.init)(params)), mesh)
   abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = checkpointer.restore_latest(abstract_state)
@@ -146,8 +161,8 @@ def train(*,
     if pretrained is not None:
       params = towers.init_from_pretrained_encoder(state.params, pretrained, model.architecture)
       params = jax.device_put(params, param_shardings)
-      state = ts.TrainState(step=state.step, params=params,
-                            opt_state=jax.jit(optimizer.init)(params))
+      state = _on_mesh(ts.TrainState(step=state.step, params=params,
+                                     opt_state=jax.jit(optimizer.init)(params)), mesh)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
 
   # ----------------------------------------------------------------------------------------
@@ -159,8 +174,8 @@ def train(*,
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     jitted_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                           out_shardings=(state_shardings, None), donate_argnums=(0,))
-    abstract_batch = {k: jax.ShapeDtypeStruct(s, data.peek()[k].dtype, sharding=batch_shardings[k])
-                      for k, s in feature_shapes.items()}
+    abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_shardings[k])
+                      for k, (shape, dtype) in feature_specs.items()}
     compiled_step = jitted_step.lower(abstract_state, abstract_batch).compile()
   flops_per_step = _flops(compiled_step) * jax.device_count()
   peak = peak_flops_per_device * jax.device_count()
@@ -180,10 +195,10 @@ def train(*,
         # Fetched every step: a non-finite loss or gradient must stop the run before the
         # state it produced can be checkpointed.
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+        if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm", "update_norm")):
           raise NonFiniteLossError(
-              f"loss {metrics['loss']}, gradient norm {metrics['grad_norm']} at step {done}; "
-              f"stopping. The newest good checkpoint in {checkpointer.directory} is kept "
+              f"loss {metrics['loss']}, gradient norm {metrics['grad_norm']}, update norm "
+              f"{metrics['update_norm']} at step {done}; stopping. The newest good checkpoint in {checkpointer.directory} is kept "
               f"(step {checkpointer.latest_step()}).")
         if done % log_every_steps == 0 or done == train_steps:
           seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
@@ -207,6 +222,22 @@ def train(*,
   return state
 
 
+def _on_mesh(tree, mesh):
+  """Replicates over the mesh every leaf not already placed on it (scalars, optimizer counts)."""
+  devices = set(mesh.devices.flat)
+  return jax.tree.map(
+      lambda x: x if x.sharding.device_set == devices
+      else jax.device_put(x, partitioning.replicated(mesh)), tree)
+
+
+def _global_feature_specs(data, batch_size: int):
+  """{feature: (global shape, dtype)} from one batch; the iterator is rewound afterwards."""
+  state = data.get_state()
+  sample = next(data)
+  data.set_state(state)
+  return {k: ((batch_size,) + v.shape[1:], v.dtype) for k, v in sample.items()}
+
+
 def _flops(compiled) -> float:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, list):
@@ -226,14 +257,25 @@ def _load_pretrained_encoder(path: str, model: towers.DualEncoder):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING)
+  parser = argparse.ArgumentParser(description=__doc__)
+  distributed = parser.add_argument_group("multi-host (TPU pods, multi-node GPU)")
+  distributed.add_argument("--distributed", action="store_true",
+                           help="call jax.distributed.initialize() (auto-detects on TPU pods "
+                                "and SLURM); the flags below set it up by hand")
+  distributed.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  distributed.add_argument("--num_processes", type=int, default=None)
+  distributed.add_argument("--process_id", type=int, default=None)
   args = gin_utils.parse_command_line(
-      sys.argv[1:] if argv is None else argv, description=__doc__)
+      sys.argv[1:] if argv is None else argv, description=__doc__, parser=parser)
+  if args.distributed or args.coordinator_address:
+    # Only the CPU backend reads this (multi-process CPU runs need gloo); asking which backend
+    # is in use would initialise it too early.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.num_processes, process_id=args.process_id)
   if args.print_config:
     print(gin.config_str())
     return 0
   train()
   return 0
 
-
-if __name__ == "__main__":
-  sys.exit(main())

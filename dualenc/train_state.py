@@ -76,7 +76,8 @@ def make_train_step(model: DualEncoder, optimizer: optax.GradientTransformation,
         state.params, batch, dropout_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                   update_norm=optax.tree.norm(updates))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

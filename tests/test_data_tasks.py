@@ -69,6 +69,13 @@ def test_scifact_pairs_queries_documents_match_the_files(data_root):
       expected_qrels.setdefault(q, {})[d] = s
     assert evaluation.qrels == expected_qrels
   assert len(registry.eval_data("beir_scifact", "test").query_ids) == 300
+  # seqio's own sharding (ShardInfo) splits the examples between hosts without overlap.
+  task = seqio.get_mixture_or_task("beir_scifact")
+  shards = [[int(e["right_ids"]) for e in task.get_dataset(
+      {"inputs": 8, "targets": 8}, split="test", shuffle=True, seed=4,
+      shard_info=seqio.ShardInfo(index=i, num_shards=2)).as_numpy_iterator()] for i in range(2)]
+  assert sorted(shards[0] + shards[1]) == sorted(
+      stable_ids([d for _, d, _ in qrels_rows(data_root / "scifact" / "qrels" / "test.tsv")]))
 
 
 def test_cranfield_empty_documents_are_counted_and_skipped(data_root):
@@ -149,17 +156,17 @@ def test_msmarco_tsv_format_on_scifact_converted(data_root, tmp_path):
       "".join(f"{q}\t0\t{d}\t{s}\r\n" for q, d, s in rows).encode())
   doc_ids = list(text)
   negatives = [doc_ids[(doc_ids.index(d) + 1) % len(doc_ids)] for _, d, _ in rows]
-  (tmp_path / "qidpidtriples.triples.tsv").write_text(
+  (tmp_path / "qidpidtriples.train.full.tsv").write_text(
       "".join(f"{q}\t{d}\t{n}\n" for (q, d, _), n in zip(rows, negatives)))
   dataset = readers.open_dataset(tmp_path, "msmarco")
-  assert dataset.splits() == ["train", "triples"]
+  assert dataset.splits() == ["train", "train.full"]
   pairs = dataset.training_examples("train")
   beir = readers.open_dataset(data_root / "scifact", "beir").training_examples("train")
   assert (pairs.queries, pairs.positives) == (beir.queries, beir.positives)
   registry.register_dataset("test_msmarco_scifact", str(tmp_path), "msmarco")
   ds = seqio.get_dataset("test_msmarco_scifact", {"inputs": 16, "targets": 32,
                                                   "negative_targets": [1, 32]},
-                         dataset_split="triples", shuffle=False,
+                         dataset_split="train.full", shuffle=False,
                          feature_converter=DualEncoderFeatureConverter())
   got = list(ds.as_numpy_iterator())
   assert len(got) == len(rows) == 919
@@ -217,6 +224,7 @@ def test_teacher_scores_follow_negatives(data_root, tmp_path):
       feature_lengths={"inputs": 16, "targets": 16, "negative_targets": [2, 16]})
   batch = next(it)
   assert batch["teacher_scores"].shape == (40, 2, 3) and batch["teacher_scores"].dtype == np.float32
+  assert it.feature_shapes() == {k: (v.shape, v.dtype) for k, v in batch.items()}
   keys = zip(stable_ids([r["qid"] for r in records]).tolist(),
              stable_ids([r["positive"] for r in records]).tolist())
   by_id = dict(zip(keys, records))

@@ -39,6 +39,9 @@ import numpy as np
 import seqio
 
 from dualenc.data import ordering, preprocessors, sources
+# Imported for gin: with the pipeline loaded, `@dualenc.data.registry.register_dataset()` and
+# `register_mixture()` can be used from command-line bindings without any other import.
+from dualenc.data import registry  # noqa: F401  pylint: disable=unused-import
 from dualenc.data.feature_converter import DualEncoderFeatureConverter
 from dualenc.data.tf_cpu import no_autograph, tf
 
@@ -154,11 +157,13 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
                              seed, split, batch_size, shuffle)
     self._num_epochs = num_epochs
     self._converter = DualEncoderFeatureConverter(use_teacher_scores=use_teacher_scores)
+    self._converter_keeps_scores = use_teacher_scores is not False
     self._fingerprint = {"tasks": [t.name for t in tasks], "rates": rates.round(12).tolist(),
                          "sizes": self._planner.sizes, "seed": seed, "split": split,
                          "batch_size": batch_size, "shuffle": shuffle}
     self._step, self._positions = 0, [0] * len(tasks)
-    self._streams = None
+    self._datasets = self._streams = None
+    self._stream_start = (0, self._positions)
     _LIVE_ITERATORS.add(self)
 
   def close(self) -> None:
@@ -168,6 +173,23 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
   @property
   def per_host_batch_size(self) -> int:
     return self.batch_size // self.num_shards
+
+  def feature_shapes(self) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
+    """{feature: (per-host batch shape, dtype)} of every batch, without reading one."""
+    b, lengths = self.per_host_batch_size, self.feature_lengths
+    shapes = {"left_encoder_input_tokens": ((b, lengths["inputs"]), np.dtype(np.int32)),
+              "right_encoder_input_tokens": ((b, lengths["targets"]), np.dtype(np.int32)),
+              "left_ids": ((b,), np.dtype(np.int32)), "right_ids": ((b,), np.dtype(np.int32))}
+    num_negatives = 0
+    if lengths.get("negative_targets") is not None:
+      num_negatives, length = lengths["negative_targets"]
+      shapes["right_negative_encoder_input_tokens"] = ((b, num_negatives, length),
+                                                       np.dtype(np.int32))
+    scored = [tb for tb in self._tables if "teacher_scores" in tb.columns]
+    if scored and self._converter_keeps_scores:
+      teachers = len(scored[0].columns["teacher_scores"][0])
+      shapes["teacher_scores"] = ((b, teachers, 1 + num_negatives), np.dtype(np.float32))
+    return shapes
 
   def _finished(self, step: int) -> bool:
     if self._num_epochs is None:
@@ -180,13 +202,13 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
                  (self.shard_index + 1) * self.per_host_batch_size)
     return task[host], position[host], after
 
-  def _stream(self, t: int):
-    """numpy batches of task t's rows for this host, step after step from the current state."""
+  def _dataset(self, t: int) -> tf.data.Dataset:
+    """tf.data pipeline of numpy batches of task t's rows for this host. Built (traced) once;
+    each new iterator over it starts from the state current when the iterator was made."""
     table, task = self._tables[t], self._tasks[t]
-    step0, positions0 = self._step, list(self._positions)
 
     def plan():
-      step, positions = step0, positions0
+      step, positions = self._stream_start
       while not self._finished(step):
         task_of_row, position, positions = self._host_rows(step, positions)
         mine = task_of_row == t
@@ -211,7 +233,7 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
       return converter(rows, lengths).batch(per_host)
 
     ds = tf.data.Dataset.from_generator(plan, output_signature=table.batch_signature())
-    return ds.flat_map(examples).prefetch(2).as_numpy_iterator()
+    return ds.flat_map(examples).prefetch(2)
 
   def __iter__(self):
     return self
@@ -220,7 +242,10 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
     if self._finished(self._step):
       raise StopIteration
     if self._streams is None:
-      self._streams = [self._stream(t) for t in range(len(self._tasks))]
+      if self._datasets is None:
+        self._datasets = [self._dataset(t) for t in range(len(self._tasks))]
+      self._stream_start = (self._step, list(self._positions))
+      self._streams = [ds.as_numpy_iterator() for ds in self._datasets]
     task_of_row, _, after = self._host_rows(self._step, self._positions)
     batch: Dict[str, np.ndarray] = {}
     for t in np.unique(task_of_row):

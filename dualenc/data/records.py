@@ -1,5 +1,6 @@
 """In-memory records shared by every reader, and the bad-record policy.
 
+`RetrievalDataset` is the interface every format reader implements (see readers.py).
 `TrainingExamples` is columnar: row i is (queries[i] -> positives[i]) with optional hard
 negatives and teacher scores. `EvalData` is a BEIR-style retrieval problem: a corpus, the
 queries that have judgements, and qrels {query id: {doc id: int grade}}.
@@ -193,3 +194,26 @@ def get_field(record: dict, name: str, path, line: int, errors: RecordErrors, *,
     return value
   raise ValueError(f"unknown field kind {kind!r}")
 
+
+class RetrievalDataset:
+  """Base: a directory of one format, parsed lazily, errors per `on_bad_record`."""
+
+  def __init__(self, directory, on_bad_record: str = "error"):
+    self.directory = pathlib.Path(directory).expanduser()
+    RecordErrors(on_bad_record)  # validates the policy name now, not at first read
+    self.on_bad_record = on_bad_record
+    if not self.directory.is_dir():
+      raise FileNotFoundError(f"dataset directory not found: {self.directory}")
+
+  def splits(self) -> List[str]:
+    raise NotImplementedError
+
+  def training_examples(self, split: str) -> TrainingExamples:
+    raise NotImplementedError
+
+  def eval_data(self, split: str) -> EvalData:
+    raise NotImplementedError
+
+  def _check_split(self, split: str) -> None:
+    if split not in self.splits():
+      raise ValueError(f"{self.directory}: no split {split!r}; splits: {self.splits()}")

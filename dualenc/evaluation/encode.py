@@ -146,23 +146,48 @@ def _place_params(model: DualEncoder, params: Any, mesh, rules) -> Any:
   return jax.device_put(params, shardings)
 
 
-def _check_tree(expected: Any, got: Any) -> None:
-  """ValueError naming missing/unexpected/reshaped parameters (a different architecture)."""
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  flat_expected = traverse_util.flatten_dict(expected, sep="/")
+def describe_mismatch(expected: Dict[str, tuple], got: Dict[str, tuple],
+                      expected_name: str = "model", got_name: str = "params") -> Optional[str]:
+  """None when two {'/'-joined path: shape} maps agree, else a short description: missing and
+  unexpected parameters grouped by top-level module (architectures differ there), then the
+  first reshaped ones (encoder sizes differ there)."""
+  def grouped(keys):
+    groups: Dict[str, int] = {}
+    for key in sorted(keys):
+      groups[key.split("/")[0]] = groups.get(key.split("/")[0], 0) + 1
+    return ", ".join(f"{top}/* ({n})" for top, n in groups.items())
+
+  missing, unexpected = expected.keys() - got.keys(), got.keys() - expected.keys()
+  reshaped = [f"{k}: {expected_name} {tuple(expected[k])} vs {got_name} {tuple(got[k])}"
+              for k in sorted(expected.keys() & got.keys())
+              if tuple(expected[k]) != tuple(got[k])]
+  parts = []
+  if missing:
+    parts.append(f"missing from {got_name}: {grouped(missing)}")
+  if unexpected:
+    parts.append(f"unexpected in {got_name}: {grouped(unexpected)}")
+  if reshaped:
+    parts.append(f"{len(reshaped)} reshaped: " + "; ".join(reshaped[:5])
+                 + (" ..." if len(reshaped) > 5 else ""))
+  return "; ".join(parts) or None
+
+
+def flat_shapes(tree: Any) -> Dict[str, tuple]:
+  """{'/'-joined path: shape} of a nested dict of arrays (or ShapeDtypeStructs)."""
   import flax  # pylint: disable=g-import-not-at-top
-  got = flax.core.unfreeze(got) if isinstance(got, flax.core.FrozenDict) else got
-  flat_got = traverse_util.flatten_dict(got, sep="/") if isinstance(got, dict) else {}
-  problems = [f"missing {k}" for k in sorted(flat_expected.keys() - flat_got.keys())]
-  problems += [f"unexpected {k}" for k in sorted(flat_got.keys() - flat_expected.keys())]
-  problems += [f"{k}: model expects {tuple(flat_expected[k].shape)}, params have "
-               f"{tuple(np.shape(flat_got[k]))}"
-               for k in sorted(flat_expected.keys() & flat_got.keys())
-               if tuple(flat_expected[k].shape) != tuple(np.shape(flat_got[k]))]
-  if problems:
-    raise ValueError(f"parameters do not fit the model ({len(problems)} problem(s); a "
-                     "checkpoint of a different architecture or encoder size?): "
-                     + "; ".join(problems[:12]) + (" ..." if len(problems) > 12 else ""))
+  tree = flax.core.unfreeze(tree) if isinstance(tree, flax.core.FrozenDict) else tree
+  if not isinstance(tree, dict):
+    return {}
+  flat = flax.traverse_util.flatten_dict(tree, sep="/")
+  return {k: tuple(np.shape(v)) for k, v in flat.items()}
+
+
+def _check_tree(expected: Any, got: Any) -> None:
+  """ValueError describing missing/unexpected/reshaped parameters (another architecture)."""
+  problem = describe_mismatch(flat_shapes(expected), flat_shapes(got))
+  if problem:
+    raise ValueError("parameters do not fit the model (a checkpoint of a different "
+                     f"architecture or encoder size?): {problem}")
 
 
 # ---------------------------------------------------------------------------------------------

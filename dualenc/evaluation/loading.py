@@ -146,7 +146,6 @@ def restore_params(model: towers.DualEncoder, checkpoint_dir) -> Any:
   Raises ValueError listing the missing, unexpected and reshaped parameters when the
   checkpoint was trained with another architecture or encoder size than gin now builds.
   """
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
   from dualenc import checkpoints  # pylint: disable=g-import-not-at-top
   step_dir = pathlib.Path(checkpoint_dir).expanduser().resolve()
   state_dir = step_dir / "state"
@@ -155,21 +154,16 @@ def restore_params(model: towers.DualEncoder, checkpoint_dir) -> Any:
         f"--checkpoint {step_dir}: not a dualenc checkpoint step directory (expected "
         f"{state_dir}; pass MODEL_DIR/checkpoints/<step>)")
   expected = abstract_params(model)
-  flat_expected = traverse_util.flatten_dict(expected, sep="/")
-  stored = _checkpoint_param_shapes(state_dir)
-  problems = [f"missing {k}" for k in sorted(flat_expected.keys() - stored.keys())]
-  problems += [f"unexpected {k}" for k in sorted(stored.keys() - flat_expected.keys())]
-  problems += [f"{k}: gin model {tuple(flat_expected[k].shape)} vs checkpoint {stored[k]}"
-               for k in sorted(flat_expected.keys() & stored.keys())
-               if tuple(flat_expected[k].shape) != stored[k]]
-  if problems:
+  problem = encode.describe_mismatch(encode.flat_shapes(expected),
+                                     _checkpoint_param_shapes(state_dir), "gin model",
+                                     "checkpoint")
+  if problem:
     raise ValueError(
         f"--checkpoint {step_dir} does not fit the model gin builds "
-        f"(towers.DualEncoder.architecture={model.architecture!r}, encoder "
-        f"{type(model.encoder_config).__name__} d_model={model.encoder_config.d_model}, "
-        f"embedding_dim={model.embedding_dim}): {len(problems)} difference(s): "
-        + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else "")
-        + ". Pass the gin files the checkpoint was trained with (MODEL_DIR/config.gin).")
+        f"(towers.DualEncoder.architecture={model.architecture!r}, "
+        f"{type(model.encoder_config).__name__}.d_model={model.encoder_config.d_model}, "
+        f"embedding_dim={model.embedding_dim}): {problem}. Pass the gin files the checkpoint "
+        "was trained with (MODEL_DIR/config.gin).")
   return checkpoints.restore_params(str(step_dir), expected)
 
 

@@ -238,8 +238,8 @@ def evaluate_tasks(model, params, mixture_or_task_names: Union[str, Sequence[str
                    options: Optional[RetrievalOptions] = None,
                    scann_config: Optional[search.ScannConfig] = None,
                    encode_options: Optional[encode.EncodeOptions] = None,
-                   output_dir=None, cache_dir=None, checkpoint_dir=None,
-                   retrieval_model: Optional[loading.RetrievalModel] = None,
+                   output_dir=None, cache_dir=None,
+                   encoders: Optional[ModelEncoders] = None, index_dir=None,
                    ) -> Dict[str, Dict[str, float]]:
   """Evaluates a DualEncoder on every task of the given tasks/mixtures; the trainer's hook.
 
@@ -252,23 +252,26 @@ def evaluate_tasks(model, params, mixture_or_task_names: Union[str, Sequence[str
     vocabulary: seqio vocabulary; default the first task's registered one (what training used).
     output_dir: per task `<output_dir>/<task>/{metrics.json,run.trec,per_query.json}`, and
       `<output_dir>/metrics.json` with every task and the macro average.
-    retrieval_model: a prepared model (the CLI's); then model/params/vocabulary are unused.
+    cache_dir: embedding cache; leave None during training (params change every call).
+    encoders: prepared towers (the CLI's, or reused across calls with the same params); then
+      model, params, vocabulary and mesh are unused.
+    index_dir: save each task's index under `<index_dir>/<task>`.
   Returns:
     {task: {metric: value}, ..., 'macro_average': {metric: value}} (unweighted over tasks).
   """
   from dualenc.data import registry  # pylint: disable=g-import-not-at-top
   tasks = leaf_task_names(mixture_or_task_names)
-  if retrieval_model is None:
+  if encoders is None:
     retrieval_model = loading.from_dualenc_checkpoint(
-        model, checkpoint_dir, vocabulary or task_vocabulary(tasks[0]), feature_lengths,
-        params=params)
-  encoders = ModelEncoders(retrieval_model, mesh, encode_options)
+        model, None, vocabulary or task_vocabulary(tasks[0]), feature_lengths, params=params)
+    encoders = ModelEncoders(retrieval_model, mesh, encode_options)
   results: Dict[str, Dict[str, float]] = {}
   for task in tasks:
     task_dir = pathlib.Path(output_dir) / task if output_dir is not None else None
     result = evaluate_retrieval(encoders, registry.eval_data(task, split), name=task,
                                 options=options, scann_config=scann_config,
-                                cache_dir=cache_dir, output_dir=task_dir)
+                                cache_dir=cache_dir, output_dir=task_dir,
+                                index_dir=pathlib.Path(index_dir) / task if index_dir else None)
     results[task] = result.metrics
   results[MACRO_AVERAGE] = metrics_lib.macro_average(results)
   if output_dir is not None and jax.process_index() == 0:
