@@ -29,6 +29,13 @@ document->query term when query_ids[j] == query_ids[i]; a pooled hard negative (
 when hard_negative_ids[k, n] == doc_ids[i]. Q[i, i] and P[i, i] (self-similarities) are never
 negatives.
 
+Absent hard negatives (`hard_negative_mask`: [B, N] bool, True = a real negative; None = all
+real): pipelines pad examples that have fewer than N hard negatives (e.g. with all-zero rows).
+A masked-out h[k, n] is removed from everything it would enter: the pooled H[i, (k, n)] of every
+anchor i, GTE's G[i, (k, n)] and triplet's set of anchor k. Loss and gradients are then those of
+the batch with that negative deleted, and its own gradient is exactly 0 (finite even for a zero
+row under cosine).
+
 `get_loss(name, **hyper_parameters)` binds a loss by name for configuration systems (gin).
 """
 
@@ -57,6 +64,7 @@ class _Batch(NamedTuple):
   query_ids: Optional[Array]  # [B]
   doc_ids: Optional[Array]  # [B]
   hard_negative_ids: Optional[Array]  # [B*N]
+  hard_negative_mask: Optional[Array]  # [B*N] bool, True = a real hard negative
   num_hard_negatives: int  # N (0 without hard negatives)
 
 
@@ -89,9 +97,26 @@ def _check_ids(loss: str, name: str, ids: Optional[Array], shape: tuple) -> Opti
   return ids
 
 
+def _check_hard_negative_mask(loss: str, mask: Optional[Array], has_hard_negatives: bool,
+                              shape: tuple) -> Optional[Array]:
+  if mask is None:
+    return None
+  if not has_hard_negatives:
+    raise ValueError(f"{loss}: `hard_negative_mask` given without `hard_negatives`")
+  mask = jnp.asarray(mask)
+  if mask.shape != shape:
+    raise _shape_error(loss, "hard_negative_mask", f"[B, N] = {list(shape)} like `hard_negatives`",
+                       mask)
+  if mask.dtype != jnp.bool_:
+    raise ValueError(f"{loss}: `hard_negative_mask` must be bool (True = a real hard negative), "
+                     f"got dtype {mask.dtype}")
+  return mask.reshape(-1)
+
+
 def _prepare(loss: str, q: Array, d: Array, hard_negatives: Optional[Array],
              query_ids: Optional[Array], doc_ids: Optional[Array],
-             hard_negative_ids: Optional[Array], similarity: str) -> _Batch:
+             hard_negative_ids: Optional[Array], similarity: str,
+             hard_negative_mask: Optional[Array] = None) -> _Batch:
   """Validates shapes, casts to float32 (at least) and normalises rows for cosine similarity."""
   q, d = jnp.asarray(q), jnp.asarray(d)
   if q.ndim != 2:
@@ -124,7 +149,10 @@ def _prepare(loss: str, q: Array, d: Array, hard_negatives: Optional[Array],
   return _Batch(prepare_rows(q), prepare_rows(d), h,
                 _check_ids(loss, "query_ids", query_ids, (batch,)),
                 _check_ids(loss, "doc_ids", doc_ids, (batch,)),
-                hard_negative_ids, num_hard_negatives)
+                hard_negative_ids,
+                _check_hard_negative_mask(loss, hard_negative_mask, h is not None,
+                                          (batch, num_hard_negatives)),
+                num_hard_negatives)
 
 
 def _sim(a: Array, b: Array) -> Array:
@@ -137,6 +165,15 @@ def _same(ids_a: Optional[Array], ids_b: Optional[Array], shape: tuple) -> Array
   if ids_a is None or ids_b is None:
     return jnp.zeros(shape, bool)
   return ids_a[:, None] == ids_b[None, :]
+
+
+def _removed_hard_negatives(batch: _Batch) -> Array:
+  """[B, B*N] bool: pooled hard negative (k, n) leaves anchor i's normaliser (same id or absent)."""
+  b = batch.q.shape[0]
+  removed = _same(batch.doc_ids, batch.hard_negative_ids, (b, batch.h.shape[0]))
+  if batch.hard_negative_mask is not None:
+    removed = removed | ~batch.hard_negative_mask[None, :]
+  return removed
 
 
 def _remove(logits: Array, removed: Array) -> Array:
@@ -152,7 +189,7 @@ class _Logits(NamedTuple):
   """The masked logit blocks of a batch (under jit, blocks a loss does not use are not computed)."""
   positive: Array  # [B], S[i, i]
   query_to_doc: Array  # [B, B], S with same-doc-id negatives removed
-  query_to_hard: Optional[Array]  # [B, B*N], H with same-doc-id hard negatives removed
+  query_to_hard: Optional[Array]  # [B, B*N], H without same-doc-id and absent hard negatives
   query_to_query: Array  # [B, B], Q without self and same-query-id entries
   doc_to_query: Array  # [B, B], S^T with same-query-id negatives removed
   doc_to_doc: Array  # [B, B], P without self and same-doc-id entries
@@ -164,8 +201,7 @@ def _logits(batch: _Batch, temperature: Any) -> _Logits:
   s = _sim(batch.q, batch.d) / temperature
   query_to_hard = None
   if batch.h is not None:
-    query_to_hard = _remove(_sim(batch.q, batch.h) / temperature,
-                            _same(batch.doc_ids, batch.hard_negative_ids, (b, batch.h.shape[0])))
+    query_to_hard = _remove(_sim(batch.q, batch.h) / temperature, _removed_hard_negatives(batch))
   same_query = _same(batch.query_ids, batch.query_ids, (b, b))
   same_doc = _same(batch.doc_ids, batch.doc_ids, (b, b))
   return _Logits(
@@ -185,6 +221,7 @@ def _query_to_doc_blocks(logits: _Logits) -> list:
 def in_batch_softmax(q: Array, d: Array, *, temperature: Any = 0.01, bidirectional: bool = True,
                      hard_negatives: Optional[Array] = None, query_ids: Optional[Array] = None,
                      doc_ids: Optional[Array] = None, hard_negative_ids: Optional[Array] = None,
+                     hard_negative_mask: Optional[Array] = None,
                      similarity: str = "cosine") -> Array:
   """In-batch softmax (InfoNCE) loss, the dual-encoder baseline. Returns a scalar.
 
@@ -194,11 +231,12 @@ def in_batch_softmax(q: Array, d: Array, *, temperature: Any = 0.01, bidirection
 
   Args: q, d [B, D]; hard_negatives [B, N, D] (pooled, q->d only); query_ids, doc_ids [B] and
   hard_negative_ids [B, N] integer ids for false-negative removal (module docstring);
-  temperature tau > 0; similarity "cosine" or "dot".
+  hard_negative_mask [B, N] bool, True = a real hard negative (None = all real): a False
+  h[k, n] leaves H[i, (k, n)] for every i; temperature tau > 0; similarity "cosine" or "dot".
   """
   _check_hyper_parameters("in_batch_softmax", temperature, similarity)
   batch = _prepare("in_batch_softmax", q, d, hard_negatives, query_ids, doc_ids,
-                   hard_negative_ids, similarity)
+                   hard_negative_ids, similarity, hard_negative_mask)
   logits = _logits(batch, temperature)
   loss = _mean_nll(_query_to_doc_blocks(logits), logits.positive)
   if bidirectional:
@@ -209,7 +247,8 @@ def in_batch_softmax(q: Array, d: Array, *, temperature: Any = 0.01, bidirection
 def samtone(q: Array, d: Array, *, temperature: Any = 0.01, query_side: bool = True,
             doc_side: bool = False, hard_negatives: Optional[Array] = None,
             query_ids: Optional[Array] = None, doc_ids: Optional[Array] = None,
-            hard_negative_ids: Optional[Array] = None, similarity: str = "cosine") -> Array:
+            hard_negative_ids: Optional[Array] = None,
+            hard_negative_mask: Optional[Array] = None, similarity: str = "cosine") -> Array:
   """SamToNe: contrastive loss with same-tower negatives (Moiseev et al. 2023). Returns a scalar.
 
   L_qd^s = mean_i [ lse(S[i, :], H[i, :], Q[i, j != i]) - S[i, i] ]
@@ -217,11 +256,11 @@ def samtone(q: Array, d: Array, *, temperature: Any = 0.01, query_side: bool = T
   loss = (L_qd^s if query_side else L_qd) + (L_dq^s if doc_side else L_dq)
 
   with L_qd, L_dq as in `in_batch_softmax`. No hyper-parameter beyond tau. Arguments as in
-  `in_batch_softmax`.
+  `in_batch_softmax` (hard_negative_mask removes absent negatives from H).
   """
   _check_hyper_parameters("samtone", temperature, similarity)
   batch = _prepare("samtone", q, d, hard_negatives, query_ids, doc_ids, hard_negative_ids,
-                   similarity)
+                   similarity, hard_negative_mask)
   logits = _logits(batch, temperature)
   query_blocks = _query_to_doc_blocks(logits) + ([logits.query_to_query] if query_side else [])
   doc_blocks = [logits.doc_to_query] + ([logits.doc_to_doc] if doc_side else [])
@@ -231,17 +270,19 @@ def samtone(q: Array, d: Array, *, temperature: Any = 0.01, query_side: bool = T
 def pair(q: Array, d: Array, *, alpha: Any = 0.1, temperature: Any = 0.01,
          bidirectional: bool = True, hard_negatives: Optional[Array] = None,
          query_ids: Optional[Array] = None, doc_ids: Optional[Array] = None,
-         hard_negative_ids: Optional[Array] = None, similarity: str = "cosine") -> Array:
+         hard_negative_ids: Optional[Array] = None,
+         hard_negative_mask: Optional[Array] = None, similarity: str = "cosine") -> Array:
   """PAIR: in-batch softmax plus a passage-centric term (Ren et al. 2021). Returns a scalar.
 
   L_p = mean_i [ lse(S[i, i], P[i, j != i]) - S[i, i] ]
   loss = (1 - alpha) * in_batch_softmax(...) + alpha * L_p,   alpha in [0, 1].
 
-  Arguments as in `in_batch_softmax`; `doc_ids` also removes same-id documents from P.
+  Arguments as in `in_batch_softmax` (hard_negative_mask removes absent negatives from H);
+  `doc_ids` also removes same-id documents from P.
   """
   _check_hyper_parameters("pair", temperature, similarity, alpha)
   batch = _prepare("pair", q, d, hard_negatives, query_ids, doc_ids, hard_negative_ids,
-                   similarity)
+                   similarity, hard_negative_mask)
   logits = _logits(batch, temperature)
   query_centric = _mean_nll(_query_to_doc_blocks(logits), logits.positive)
   if bidirectional:
@@ -254,6 +295,7 @@ def improved_contrastive(q: Array, d: Array, *, temperature: Any = 0.01,
                          hard_negatives: Optional[Array] = None,
                          query_ids: Optional[Array] = None, doc_ids: Optional[Array] = None,
                          hard_negative_ids: Optional[Array] = None,
+                         hard_negative_mask: Optional[Array] = None,
                          similarity: str = "cosine") -> Array:
   """GTE's "improved contrastive loss" (Li et al. 2023): one joint normaliser. Returns a scalar.
 
@@ -264,45 +306,47 @@ def improved_contrastive(q: Array, d: Array, *, temperature: Any = 0.01,
   S[i, i] enters the normaliser twice (from the q->d and d->q sums), as in the paper's Z and
   sentence-transformers' joint MultipleNegativesRankingLoss, so the loss is bounded below by
   log 2. A document is not contrasted with its own hard negatives. Arguments as in
-  `in_batch_softmax`; G entries are also removed when hard_negative_ids[k, n] == doc_ids[i].
+  `in_batch_softmax`; G entries are also removed when hard_negative_ids[k, n] == doc_ids[i], and
+  an absent h[k, n] (hard_negative_mask[k, n] False) leaves both H[:, (k, n)] and G[:, (k, n)].
   """
   _check_hyper_parameters("improved_contrastive", temperature, similarity)
   batch = _prepare("improved_contrastive", q, d, hard_negatives, query_ids, doc_ids,
-                   hard_negative_ids, similarity)
+                   hard_negative_ids, similarity, hard_negative_mask)
   logits = _logits(batch, temperature)
   blocks = _query_to_doc_blocks(logits) + [
       logits.query_to_query, logits.doc_to_query, logits.doc_to_doc]
   if batch.h is not None:
     b = batch.q.shape[0]
     owner = jnp.repeat(jnp.arange(b), batch.num_hard_negatives)  # example of each hard negative
-    own_or_same_id = ((jnp.arange(b)[:, None] == owner[None, :])
-                      | _same(batch.doc_ids, batch.hard_negative_ids, (b, owner.shape[0])))
-    blocks.append(_remove(_sim(batch.d, batch.h) / temperature, own_or_same_id))
+    own_or_removed = (jnp.arange(b)[:, None] == owner[None, :]) | _removed_hard_negatives(batch)
+    blocks.append(_remove(_sim(batch.d, batch.h) / temperature, own_or_removed))
   return _mean_nll(blocks, logits.positive)
 
 
 def triplet(q: Array, d: Array, hard_negatives: Optional[Array] = None, *, margin: Any,
             same_tower: bool = False, query_ids: Optional[Array] = None,
             doc_ids: Optional[Array] = None, hard_negative_ids: Optional[Array] = None,
-            similarity: str = "cosine") -> Array:
+            hard_negative_mask: Optional[Array] = None, similarity: str = "cosine") -> Array:
   """Margin triplet loss on raw similarities (no temperature). Returns a scalar.
 
   s = sim(q, d) [B, B]; each anchor q_i has negatives n in
     N_i = { h[i, n] : n < N }  (its own hard negatives, not pooled)
           + { q_j : j != i }    (other queries, if same_tower),
-  minus those removed by ids (module docstring; h[i, n] when hard_negative_ids[i, n] == doc_ids[i]).
+  minus those removed by ids (module docstring; h[i, n] when hard_negative_ids[i, n] == doc_ids[i])
+  and the absent h[i, n] (hard_negative_mask[i, n] False).
   loss = sum_i sum_{n in N_i} max(0, margin - s[i, i] + sim(q_i, n)) / sum_i |N_i|,
   the mean over all remaining (anchor, negative) triplets (0 when none remains).
 
   Args: q, d [B, D]; hard_negatives [B, N, D] (may be None only when same_tower); margin in
   similarity units; same_tower: other queries also act as negatives (the SamToNe idea applied
-  to triplets, named future work in the paper).
+  to triplets, named future work in the paper); ids and hard_negative_mask as in
+  `in_batch_softmax`.
   """
   _check_hyper_parameters("triplet", similarity=similarity)
   if hard_negatives is None and not same_tower:
     raise ValueError("triplet: needs `hard_negatives` [B, N, D] or same_tower=True (no negatives)")
   batch = _prepare("triplet", q, d, hard_negatives, query_ids, doc_ids, hard_negative_ids,
-                   similarity)
+                   similarity, hard_negative_mask)
   b = batch.q.shape[0]
   positive = jnp.sum(batch.q * batch.d, axis=-1)
   negatives, valid = [], []
@@ -312,6 +356,8 @@ def triplet(q: Array, d: Array, hard_negatives: Optional[Array] = None, *, margi
     removed = jnp.zeros((b, batch.num_hard_negatives), bool)
     if batch.hard_negative_ids is not None:
       removed = batch.hard_negative_ids.reshape(b, -1) == batch.doc_ids[:, None]
+    if batch.hard_negative_mask is not None:
+      removed = removed | ~batch.hard_negative_mask.reshape(b, -1)
     valid.append(~removed)
   if same_tower:
     negatives.append(_sim(batch.q, batch.q))
@@ -376,15 +422,17 @@ LOSSES: Dict[str, Callable[..., Array]] = {
     "triplet": triplet,
 }
 # Supplied per batch by the trainer, never bound as hyper-parameters.
-BATCH_ARGUMENTS = ("q", "d", "hard_negatives", "query_ids", "doc_ids", "hard_negative_ids")
+BATCH_ARGUMENTS = ("q", "d", "hard_negatives", "query_ids", "doc_ids", "hard_negative_ids",
+                   "hard_negative_mask")
 
 
 def get_loss(name: str, **hyper_parameters: Any) -> Callable[..., Array]:
   """The loss `name` of LOSSES with its hyper-parameters bound, checked now rather than mid-run.
 
   Returns loss(q, d, *, hard_negatives=None, query_ids=None, doc_ids=None,
-  hard_negative_ids=None) -> scalar. Raises ValueError naming the loss and the offending
-  hyper-parameter for an unknown name, an unknown or missing hyper-parameter or a bad value.
+  hard_negative_ids=None, hard_negative_mask=None) -> scalar (the BATCH_ARGUMENTS). Raises
+  ValueError naming the loss and the offending hyper-parameter for an unknown name, an unknown
+  or missing hyper-parameter or a bad value.
   Example: get_loss("samtone", temperature=0.01, doc_side=True).
   """
   if name not in LOSSES:

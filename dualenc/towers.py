@@ -168,7 +168,9 @@ def init_from_pretrained_encoder(tower_params: Mapping[str, Any],
   else:
     targets = ("query_encoder", "document_encoder")
   for target in targets:
-    new_params[target] = encoder_params
+    # Separate towers get their own copies: they train apart (and a jitted step that donates
+    # its state cannot take one buffer twice).
+    new_params[target] = jax.tree.map(lambda x: jnp.array(x, copy=True), encoder_params)
   _check_same_shapes(tower_params, new_params)
   return new_params
 

@@ -33,6 +33,7 @@ import optax
 from flax import linen as nn
 
 from dualenc import checkpoints as checkpoints_lib
+from dualenc import evaluation
 from dualenc import gin_utils
 from dualenc import losses
 from dualenc import metrics_log
@@ -89,6 +90,9 @@ def train(*,
           mesh_model: int = 1,
           peak_flops_per_device: float = 187e9,
           progress_bar: bool = True,
+          eval_every_steps: int = 0,
+          eval_mixture_or_task_name: Optional[str] = None,
+          eval_split: str = "test",
           on_step_end: Optional[Callable[[int, Any], None]] = None) -> ts.TrainState:
   """Runs (or resumes) training and returns the final state.
 
@@ -101,13 +105,19 @@ def train(*,
     feature_lengths: task feature lengths {'inputs': Lq, 'targets': Ld
       [, 'negative_targets': [N, Ln]]} (TASK_FEATURE_LENGTHS).
     vocabulary: the model's vocabulary (overrides the tasks' own); None keeps theirs.
-    loss_fn: (q [B, D], d [B, D], *, hard_negatives, query_ids, doc_ids) -> scalar.
+    loss_fn: (q [B, D], d [B, D], *, hard_negatives [B, N, D], hard_negative_mask [B, N],
+      query_ids [B], doc_ids [B]) -> scalar (the functions of dualenc.losses).
     schedule: step -> learning rate; None uses `optimizers.learning_rate_schedule()`.
     initial_checkpoint_path: Hugging Face directory or dualenc checkpoint step directory whose
       encoder weights initialise every tower (ignored when resuming).
     pretrained_params: params of an encoder already converted (Python callers).
     mesh_data, mesh_model: mesh shape; -1 takes the remaining devices.
     peak_flops_per_device: for MFU; 187e9 is the fp32 matmul peak of a 2-core dev machine.
+    eval_every_steps: retrieval evaluation every this many steps and at the end (0: never);
+      metrics go to TensorBoard and metrics.jsonl as 'eval/<task>/<metric>', files to
+      MODEL_DIR/eval/<step>/.
+    eval_mixture_or_task_name: what to evaluate (default: the training task or mixture).
+    eval_split: the split whose qrels are evaluated.
     on_step_end: called with (step, metrics) after every logged step (tests, hooks).
   """
   # ----------------------------------------------------------------------------------------
@@ -210,6 +220,12 @@ def train(*,
           writer.write(done, metrics)
           if on_step_end is not None:
             on_step_end(done, metrics)
+        if eval_every_steps and (done % eval_every_steps == 0 or done == train_steps):
+          results = evaluation.evaluate_tasks(
+              model, state.params, eval_mixture_or_task_name or mixture_or_task_name,
+              feature_lengths=feature_lengths, split=eval_split, vocabulary=vocabulary,
+              mesh=mesh, output_dir=model_dir / "eval" / str(done))
+          writer.write(done, evaluation.flatten_for_logging(results))
         checkpointer.save(done, state, data.get_state(), force=done == train_steps)
         if preemption.requested:
           checkpointer.save(done, state, data.get_state(), force=True)

@@ -64,10 +64,14 @@ def make_train_step(model: DualEncoder, optimizer: optax.GradientTransformation,
 
   def compute_loss(params, batch, dropout_rng):
     q, d, hard = embed_batch(model, params, batch, dropout_rng=dropout_rng)
-    ids = {}
+    extra = {}
     if use_ids_for_masking and "left_ids" in batch:
-      ids = {"query_ids": batch["left_ids"], "doc_ids": batch["right_ids"]}
-    loss = loss_fn(q, d, hard_negatives=hard, **ids)
+      extra.update(query_ids=batch["left_ids"], doc_ids=batch["right_ids"])
+    if hard is not None:
+      # The pipeline pads absent hard negatives with all-zero token rows; they are no negatives.
+      extra["hard_negative_mask"] = jnp.any(
+          batch["right_negative_encoder_input_tokens"] != PAD_ID, axis=-1)
+    loss = loss_fn(q, d, hard_negatives=hard, **extra)
     return loss, losses.contrastive_metrics(q, d)
 
   def train_step(state: TrainState, batch):

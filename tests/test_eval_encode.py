@@ -51,7 +51,7 @@ def test_bucketed_batches_equal_one_text_at_a_time(tiny):
     want = model.apply({"params": params}, ids, np.ones_like(ids), method="encode_documents")
     np.testing.assert_allclose(got[i], np.asarray(want)[0], atol=2e-5)
   # Every shape compiled once: rows a multiple of the 8 data shards, length a bucket.
-  assert tower.num_compilations == len(tower.shapes_seen) <= len(encode.length_buckets(48))
+  assert 1 < tower.num_compilations == len(tower.shapes_seen) <= len(encode.length_buckets(48))
   assert all(b % tower.data_shards == 0 and l in encode.length_buckets(48)
              for b, l in tower.shapes_seen)
   compiled = tower.num_compilations
@@ -59,6 +59,10 @@ def test_bucketed_batches_equal_one_text_at_a_time(tiny):
   again = encode.encode_texts(tower, tokenizer, list(reversed(texts)), options)
   np.testing.assert_allclose(again, got[::-1], atol=1e-6)  # other batches, same embeddings
   assert tower.num_compilations == compiled  # no recompilation
+  # A new encoder of the same model (the next periodic evaluation) reuses the executables.
+  fresh = encode.TowerEncoder(model, params, "document")
+  np.testing.assert_array_equal(encode.encode_texts(fresh, tokenizer, texts, options), got)
+  assert fresh.num_compilations == 0
 
 
 def test_query_tower_differs_from_document_tower_for_asymmetric_models(tiny):

@@ -36,7 +36,7 @@ class Reference:
   """Similarity tables of a batch and the per-anchor normalisers of the issue, in float64."""
 
   def __init__(self, q, d, h=None, query_ids=None, doc_ids=None, hard_negative_ids=None,
-               temperature=0.01, similarity="cosine"):
+               temperature=0.01, similarity="cosine", hard_negative_mask=None):
     def unit(x):
       x = np.asarray(x, np.float64)
       return x / np.linalg.norm(x, axis=-1, keepdims=True) if similarity == "cosine" else x
@@ -45,6 +45,7 @@ class Reference:
     self.b = self.q.shape[0]
     self.tau = temperature
     self.qid, self.did, self.hid = query_ids, doc_ids, hard_negative_ids
+    self.mask = hard_negative_mask
 
   def sim(self, a, b):
     return float(np.dot(a, b)) / self.tau
@@ -52,13 +53,18 @@ class Reference:
   def same(self, ids, i, j):
     return ids is not None and ids[i] == ids[j]
 
+  def is_hard_negative_of(self, i, k, n):
+    """Whether h[k, n] is present (mask) and not a false negative of anchor i (same doc id)."""
+    present = self.mask is None or bool(self.mask[k][n])
+    return present and not (self.hid is not None and self.hid[k][n] == self.did[i])
+
   def hard_negatives_of_query(self, i):
-    """Pooled: query i against every example's hard negatives, minus same-id ones."""
+    """Pooled: query i against every example's present hard negatives, minus same-id ones."""
     if self.h is None:
       return []
     return [self.sim(self.q[i], self.h[k, n])
             for k in range(self.b) for n in range(self.h.shape[1])
-            if not (self.hid is not None and self.hid[k][n] == self.did[i])]
+            if self.is_hard_negative_of(i, k, n)]
 
   def query_terms(self, i, same_tower):
     terms = [self.sim(self.q[i], self.d[j]) for j in range(self.b)
@@ -107,7 +113,7 @@ def ref_improved_contrastive(r):
     out = r.query_terms(i, True) + r.doc_terms(i, True)  # S[i, i] is in both, as in GTE's Z
     if r.h is not None:
       out += [r.sim(r.d[i], r.h[k, n]) for k in range(r.b) for n in range(r.h.shape[1])
-              if k != i and not (r.hid is not None and r.hid[k][n] == r.did[i])]
+              if k != i and r.is_hard_negative_of(i, k, n)]
     return out
   return r.mean_nll(terms)
 
@@ -118,8 +124,7 @@ def ref_triplet(r, margin, same_tower=False):
     pos = r.sim(r.q[i], r.d[i])  # tau is 1 for the triplet reference
     negatives = []
     if r.h is not None:
-      negatives += [r.h[i, n] for n in range(r.h.shape[1])
-                    if not (r.hid is not None and r.hid[i][n] == r.did[i])]
+      negatives += [r.h[i, n] for n in range(r.h.shape[1]) if r.is_hard_negative_of(i, i, n)]
     if same_tower:
       negatives += [r.q[j] for j in range(r.b) if j != i and not r.same(r.qid, i, j)]
     hinges += [max(0.0, margin - pos + r.sim(r.q[i], n)) for n in negatives]
@@ -132,7 +137,7 @@ def reference_loss(name, inputs, **kw):
   tau = 1.0 if name == "triplet" else kw.pop("temperature", 0.01)
   r = Reference(inputs["q"], inputs["d"], inputs.get("hard_negatives"), inputs.get("query_ids"),
                 inputs.get("doc_ids"), inputs.get("hard_negative_ids"), tau,
-                kw.pop("similarity", "cosine"))
+                kw.pop("similarity", "cosine"), inputs.get("hard_negative_mask"))
   return {"in_batch_softmax": ref_in_batch_softmax, "samtone": ref_samtone, "pair": ref_pair,
           "improved_contrastive": ref_improved_contrastive, "triplet": ref_triplet}[name](r, **kw)
 
@@ -156,12 +161,26 @@ DOC_IDS = np.array([10, 11, 12, 13, 12, 14])
 HARD_NEGATIVE_IDS = np.array([[11, 20], [21, 10], [12, 22], [23, 24], [25, 12], [11, 26]])
 
 
+# Absent hard negatives (padding): example 2 has none, examples 1, 3 and 5 one each; (2, 0) is also
+# a same-id false negative, (4, 1) stays and is removed by id only.
+HARD_NEGATIVE_MASK = np.array([[1, 1], [1, 0], [0, 0], [0, 1], [1, 1], [1, 0]], bool)
+
+
 def with_ids(inputs):
   return dict(inputs, query_ids=QUERY_IDS, doc_ids=DOC_IDS, hard_negative_ids=HARD_NEGATIVE_IDS)
 
 
+def with_mask(inputs):
+  return dict(inputs, hard_negative_mask=HARD_NEGATIVE_MASK)
+
+
+def with_ids_and_mask(inputs):
+  return with_mask(with_ids(inputs))
+
+
 def without_hard_negatives(inputs):
-  return {k: v for k, v in inputs.items() if k not in ("hard_negatives", "hard_negative_ids")}
+  return {k: v for k, v in inputs.items()
+          if k not in ("hard_negatives", "hard_negative_ids", "hard_negative_mask")}
 
 
 def call(name, inputs, dtype=None, **kw):
@@ -189,6 +208,16 @@ CASES = [
     ("triplet", {"margin": 0.3}, lambda x: x),
     ("triplet", {"margin": 0.5, "same_tower": True}, with_ids),
     ("triplet", {"margin": 0.2, "same_tower": True}, without_hard_negatives),
+    # Absent hard negatives, alone and with ids.
+    ("in_batch_softmax", {}, with_mask),
+    ("in_batch_softmax", {"bidirectional": False, "similarity": "dot", "temperature": 0.5},
+     with_ids_and_mask),
+    ("samtone", {"doc_side": True}, with_ids_and_mask),
+    ("pair", {"alpha": 0.3}, with_mask),
+    ("improved_contrastive", {}, with_mask),
+    ("improved_contrastive", {}, with_ids_and_mask),
+    ("triplet", {"margin": 0.3}, with_mask),
+    ("triplet", {"margin": 0.5, "same_tower": True}, with_ids_and_mask),
 ]
 CASE_IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(CASES)]
 
@@ -208,12 +237,16 @@ def test_matches_numpy_reference(name, kw, transform):
 
 
 def test_masks_change_the_loss():
-  """The ids of CASES remove entries: without them every bidirectional loss differs."""
+  """The ids and the hard-negative mask of CASES remove entries: without them every loss differs."""
   inputs = make_inputs(seed=0)
   for name, kw in [("in_batch_softmax", {}), ("samtone", {"doc_side": True}),
                    ("improved_contrastive", {}), ("pair", {})]:
-    masked, unmasked = float(call(name, with_ids(inputs), **kw)), float(call(name, inputs, **kw))
-    assert masked < unmasked - 1e-4, name  # removing terms from a normaliser lowers the loss
+    unmasked = float(call(name, inputs, **kw))
+    for transform in (with_ids, with_mask):
+      masked = float(call(name, transform(inputs), **kw))
+      assert masked < unmasked - 1e-4, name  # removing terms from a normaliser lowers the loss
+  masked = float(call("triplet", with_mask(inputs), margin=0.3))
+  assert abs(masked - float(call("triplet", inputs, margin=0.3))) > 1e-4
 
 
 def test_matches_sentence_transformers():
@@ -268,8 +301,10 @@ GRADIENT_CASES = [
 
 @pytest.mark.parametrize("name,kw", GRADIENT_CASES, ids=[c[0] for c in GRADIENT_CASES])
 def test_gradients_match_finite_differences_of_reference(name, kw):
-  """jax.grad wrt q, d and hard negatives against central differences of the NumPy reference."""
-  inputs = with_ids(make_inputs(seed=2, b=6, n=2, dim=3))
+  """jax.grad wrt q, d and hard negatives against central differences of the NumPy reference.
+
+  Ids and the hard-negative mask are on: absent hard negatives must get exactly zero gradient."""
+  inputs = with_ids_and_mask(make_inputs(seed=2, b=6, n=2, dim=3))
   wrt = ("q", "d", "hard_negatives")
   with jax.enable_x64(True):
     def loss_of(q, d, h):
@@ -290,6 +325,7 @@ def test_gradients_match_finite_differences_of_reference(name, kw):
     assert np.abs(numeric).max() > 1e-3, key  # gradient not trivially zero
     np.testing.assert_allclose(np.asarray(grad), numeric, rtol=1e-5, atol=1e-6,
                                err_msg=f"{name} d/d{key}")
+  assert not np.any(np.asarray(grads[2])[~HARD_NEGATIVE_MASK]), name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,23 +342,28 @@ ALL_LOSS_KWARGS = {
 
 
 @jax.jit
-def all_losses_and_grads(q, d, h, query_ids, doc_ids):
-  """{name: (loss, (dq, dd, dh))} for every loss at tau = 0.01, false-negative masks on."""
+def all_losses_and_grads(q, d, h, query_ids, doc_ids, hard_negative_mask):
+  """{name: (loss, (dq, dd, dh))} for every loss at tau = 0.01, false-negative and absent
+  hard-negative masks on."""
   out = {}
   for name, kw in ALL_LOSS_KWARGS.items():
     def fn(q, d, h, name=name, kw=kw):
       return losses.LOSSES[name](q, d, hard_negatives=h, query_ids=query_ids, doc_ids=doc_ids,
-                                 **kw)
+                                 hard_negative_mask=hard_negative_mask, **kw)
     out[name] = jax.value_and_grad(fn, argnums=(0, 1, 2))(q, d, h)
   return out
 
 
 def global_batch():
   """B = 16 pairs (2 per emulated device), D = 8, N = 2, in a hard regime (losses 11 to 16), with
-  duplicate ids that straddle device boundaries."""
+  duplicate ids that straddle device boundaries and absent hard negatives padded with zero rows
+  (as the data pipeline does; example 3 has none). Returns (floats, ids and mask)."""
   inputs = make_inputs(seed=4, b=16, n=2, dim=8, noise=1.0)
+  mask = np.arange(32).reshape(16, 2) % 5 != 1
+  mask[3] = False
+  inputs["hard_negatives"][~mask] = 0.0
   return ([inputs[k].astype(np.float32) for k in ("q", "d", "hard_negatives")],
-          [np.arange(16) % 13, (np.arange(16) * 5) % 14])
+          [np.arange(16) % 13, (np.arange(16) * 5) % 14, mask])
 
 
 def naive_bf16_in_batch_softmax(q, d, temperature=0.01):
@@ -359,6 +400,8 @@ def test_bfloat16_stable_at_low_temperature():
       assert grad.dtype == jnp.bfloat16
       assert bool(jnp.all(jnp.isfinite(grad.astype(jnp.float32)))), name
       assert float(jnp.abs(grad.astype(jnp.float32)).max()) > 0, name
+    absent = ~np.asarray(ids[2])  # zero-padded rows: exactly zero gradient
+    assert not np.any(np.asarray(grads[2].astype(jnp.float32))[absent]), name
     np.testing.assert_allclose(float(loss), float(loss_rounded), rtol=1e-6, err_msg=name)
     np.testing.assert_allclose(float(loss), float(loss_original), rtol=1e-2, err_msg=name)
     assert float(loss_original) > 1.0 or name == "triplet", name  # not a trivial regime
@@ -372,7 +415,8 @@ def test_bfloat16_stable_at_low_temperature():
 
 def test_sharded_equals_unsharded():
   """Every loss jitted with the batch sharded over 8 devices ("data" axis, Auto) equals the
-  single-device value within relative 1e-5, and its gradients within 1e-5 of their largest entry."""
+  single-device value within relative 1e-5, and its gradients within 1e-5 of their largest entry
+  (ids and the hard-negative mask are sharded with the batch)."""
   assert jax.device_count() == 8, "tests/conftest.py should emulate 8 CPU devices"
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   batch_sharded = NamedSharding(mesh, P("data"))
@@ -450,6 +494,57 @@ def test_duplicated_document_is_ignored():
 
 
 # ---------------------------------------------------------------------------------------------
+# Absent hard negatives (hard_negative_mask).
+
+
+def test_masked_hard_negative_equals_deleted():
+  """Masking hard negative 1 of every example == deleting it from the batch (N = 2 -> 1), for
+  every loss and its gradients at tau = 0.01, whether the padded rows are zeros (the pipeline's
+  padding) or copies of the positives (which would change the loss if they leaked in).
+
+  Runs through `all_losses_and_grads` with global_batch's shapes, so only the N = 1 batch
+  compiles anew."""
+  _, (query_ids, doc_ids, _) = global_batch()
+  q, d, h = (x.astype(np.float32) for x in (
+      make_inputs(seed=13, b=16, n=2, dim=8)[k] for k in ("q", "d", "hard_negatives")))
+  cpu0 = jax.devices()[0]
+  put = lambda x: jax.device_put(jnp.asarray(x), cpu0)
+  run = lambda h, mask: all_losses_and_grads(put(q), put(d), put(h), put(query_ids), put(doc_ids),
+                                             put(mask))
+  deleted = run(h[:, :1], np.ones((16, 1), bool))
+  mask = np.array([[True, False]] * 16)
+  for padding in (np.zeros_like(d), d):
+    padded = h.copy()
+    padded[:, 1] = padding
+    masked = run(padded, mask)
+    for name in ALL_LOSS_KWARGS:
+      (loss, grads), (loss_deleted, grads_deleted) = masked[name], deleted[name]
+      np.testing.assert_allclose(float(loss), float(loss_deleted), rtol=1e-6, err_msg=name)
+      grads = [np.asarray(g) for g in grads]
+      for grad, grad_deleted in zip(grads[:2] + [grads[2][:, :1]], grads_deleted):
+        grad_deleted = np.asarray(grad_deleted)
+        np.testing.assert_allclose(grad, grad_deleted, rtol=0,
+                                   atol=1e-5 * np.abs(grad_deleted).max(), err_msg=name)
+      assert np.all(grads[2][:, 1] == 0), name  # finite and exactly zero, even for zero rows
+  # Power: left unmasked, the copies of the positives change every loss by far more than 1e-6.
+  unmasked = run(padded, np.ones((16, 2), bool))
+  for name in ALL_LOSS_KWARGS:
+    loss, loss_deleted = float(unmasked[name][0]), float(deleted[name][0])
+    assert abs(loss - loss_deleted) > 1e-3 * loss_deleted, name
+
+
+def test_all_true_mask_equals_no_mask():
+  """An all-True mask is bit-identical to mask=None, for every loss (eagerly, as the other
+  value tests, so no compilation)."""
+  inputs = with_ids(make_inputs(seed=12))
+  for name, kw in ALL_LOSS_KWARGS.items():
+    np.testing.assert_array_equal(
+        np.asarray(call(name, inputs, **kw)),
+        np.asarray(call(name, dict(inputs, hard_negative_mask=np.ones((6, 2), bool)), **kw)),
+        err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
 # Relations between losses, metrics, registry and input checks.
 
 
@@ -522,18 +617,23 @@ def test_contrastive_metrics_match_numpy():
 
 
 def test_get_loss_binds_hyper_parameters():
-  inputs = with_ids(make_inputs(seed=10))
+  inputs = with_ids_and_mask(make_inputs(seed=10))
   fn = losses.get_loss("samtone", temperature=0.05, doc_side=True)
   args = {k: jnp.asarray(v) for k, v in inputs.items()}
   np.testing.assert_array_equal(
       np.asarray(fn(args["q"], args["d"], hard_negatives=args["hard_negatives"],
                     query_ids=args["query_ids"], doc_ids=args["doc_ids"],
-                    hard_negative_ids=args["hard_negative_ids"])),
+                    hard_negative_ids=args["hard_negative_ids"],
+                    hard_negative_mask=args["hard_negative_mask"])),
       np.asarray(call("samtone", inputs, temperature=0.05, doc_side=True)))
   triplet = losses.get_loss("triplet", margin=0.3)
   np.testing.assert_allclose(
       float(triplet(args["q"], args["d"], hard_negatives=args["hard_negatives"])),
       reference_loss("triplet", make_inputs(seed=10), margin=0.3), rtol=1e-5)
+  np.testing.assert_allclose(
+      float(triplet(args["q"], args["d"], hard_negatives=args["hard_negatives"],
+                    hard_negative_mask=args["hard_negative_mask"])),
+      reference_loss("triplet", with_mask(make_inputs(seed=10)), margin=0.3), rtol=1e-5)
   assert set(losses.LOSSES) == set(LOSS_NAMES)
 
 
@@ -541,6 +641,8 @@ def test_get_loss_binds_hyper_parameters():
     (("sam_to_ne",), "unknown loss 'sam_to_ne'"),
     (("samtone", {"alpha": 0.1}), "'alpha' is not a hyper-parameter"),
     (("pair", {"doc_ids": [1]}), "'doc_ids' is supplied per batch"),
+    (("triplet", {"margin": 0.1, "hard_negative_mask": None}),
+     "'hard_negative_mask' is supplied per batch"),
     (("triplet",), r"missing required hyper-parameter\(s\) \['margin'\]"),
     (("in_batch_softmax", {"temperature": 0.0}), "temperature must be > 0"),
     (("pair", {"alpha": 1.5}), r"alpha must be in \[0, 1\]"),
@@ -570,6 +672,18 @@ Q, D = jnp.ones((4, 3)), jnp.ones((4, 3))
                                      hard_negative_ids=jnp.zeros((4, 2), int)),
      "`hard_negative_ids` needs `hard_negatives` and `doc_ids`"),
     (lambda: losses.triplet(Q, D, margin=0.1), "needs `hard_negatives`"),
+    (lambda: losses.samtone(Q, D, hard_negatives=jnp.ones((4, 2, 3)),
+                            hard_negative_mask=jnp.ones((4, 3), bool)),
+     r"samtone: `hard_negative_mask` must be \[B, N\] = \[4, 2\] like `hard_negatives`, got "
+     r"shape \(4, 3\)"),
+    (lambda: losses.triplet(Q, D, jnp.ones((4, 2, 3)), margin=0.1,
+                            hard_negative_mask=jnp.ones((4, 2, 1), bool)),
+     r"triplet: `hard_negative_mask` must be \[B, N\]"),
+    (lambda: losses.pair(Q, D, hard_negatives=jnp.ones((4, 2, 3)),
+                         hard_negative_mask=jnp.ones((4, 2), jnp.int32)),
+     r"pair: `hard_negative_mask` must be bool \(True = a real hard negative\), got dtype int32"),
+    (lambda: losses.improved_contrastive(Q, D, hard_negative_mask=jnp.ones((4, 2), bool)),
+     "improved_contrastive: `hard_negative_mask` given without `hard_negatives`"),
     (lambda: losses.in_batch_softmax(Q, D, temperature=-1.0), "temperature must be > 0"),
     (lambda: losses.contrastive_metrics(jnp.ones((1, 3)), jnp.ones((1, 3))), "at least 2 pairs"),
 ])

@@ -20,6 +20,7 @@ recomputed, never silently reused.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -91,6 +92,13 @@ def length_buckets(max_length: int, minimum: int = 16) -> List[int]:
   return buckets + [max_length]
 
 
+@functools.partial(jax.jit, static_argnames=("model", "method"))
+def _embed(params, ids, mask, *, model: DualEncoder, method: str):
+  """One jitted function for every tower: DualEncoder modules hash by value, so executables
+  are shared across TowerEncoders (periodic evaluation during training compiles once)."""
+  return model.apply({"params": params}, ids, mask, method=method)
+
+
 class TowerEncoder:
   """One tower of a DualEncoder as a jitted, sharded function of padded token batches.
 
@@ -111,29 +119,31 @@ class TowerEncoder:
     self.rules = rules
     self.data_shards = self.mesh.shape["data"]
     self._params = _place_params(model, params, self.mesh, rules)
-    method = "encode_queries" if side == "query" else "encode_documents"
-
-    def embed(params, ids, mask):
-      return model.apply({"params": params}, ids, mask, method=method)
-
-    batch = partitioning.batch_sharding(self.mesh, 2)
-    param_shardings = jax.tree.map(lambda x: x.sharding, self._params)
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(rules):
-      self._jitted = jax.jit(embed, in_shardings=(param_shardings, batch, batch),
-                             out_shardings=partitioning.batch_sharding(self.mesh, 2))
+    self._method = "encode_queries" if side == "query" else "encode_documents"
     self.shapes_seen: set = set()
+    self.num_compilations = 0  # executables this tower caused to be compiled
 
   def __call__(self, ids: np.ndarray, mask: np.ndarray) -> jax.Array:
-    """ids, mask int32 [B, L] (B a multiple of the data shards) -> [B, D] float32 (async)."""
-    self.shapes_seen.add(ids.shape)
-    batch = partitioning.global_batch({"ids": ids, "mask": mask}, self.mesh)
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      return self._jitted(self._params, batch["ids"], batch["mask"])
+    """ids, mask int32 [B, L] (B a multiple of the data shards) -> [B, D] float32 (async).
 
-  @property
-  def num_compilations(self) -> int:
-    """Executables compiled so far (one per distinct batch shape when nothing recompiles)."""
-    return self._jitted._cache_size()  # pylint: disable=protected-access
+    With several processes every process passes the same full batch; each contributes its
+    contiguous slice of rows, and the result is gathered back to every process.
+    """
+    self.shapes_seen.add(ids.shape)
+    count, index = jax.process_count(), jax.process_index()
+    if count > 1:
+      rows = ids.shape[0] // count
+      ids, mask = (x[index * rows:(index + 1) * rows] for x in (ids, mask))
+    batch = partitioning.global_batch({"ids": ids, "mask": mask}, self.mesh)
+    before = _embed._cache_size()  # pylint: disable=protected-access
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      out = _embed(self._params, batch["ids"], batch["mask"], model=self.model,
+                   method=self._method)
+    self.num_compilations += _embed._cache_size() - before  # pylint: disable=protected-access
+    if count > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      out = multihost_utils.process_allgather(out, tiled=True)
+    return out
 
 
 def _place_params(model: DualEncoder, params: Any, mesh, rules) -> Any:
@@ -208,6 +218,7 @@ class EncodeOptions:
 
 
 def _batch_rows(length: int, options: EncodeOptions, shards: int) -> int:
+  """Rows of a batch padded to `length`: ~batch_tokens / length, a multiple of the shards."""
   rows = min(options.max_batch_size, max(1, options.batch_tokens // length))
   return max(shards, rows // shards * shards)
 
