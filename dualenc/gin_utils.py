@@ -8,6 +8,7 @@ time, before any compute, with gin's message naming the binding.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pathlib
 from typing import List, Optional, Sequence, Tuple
@@ -15,7 +16,18 @@ from typing import List, Optional, Sequence, Tuple
 import gin
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_SEARCH_PATHS = (".", str(REPO_ROOT), str(REPO_ROOT / "gin_configs"))
+DEFAULT_SEARCH_PATHS = (str(REPO_ROOT / "gin_configs"), ".", str(REPO_ROOT))
+
+
+class _SearchMissFilter(logging.Filter):
+  """gin logs 'Path not found' at ERROR for every search path that misses a file, even when
+  a later one has it; a file found nowhere still raises, so those lines are noise."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found")
+
+
+logging.getLogger().addFilter(_SearchMissFilter())
 
 
 class GinConfigError(ValueError):

@@ -209,3 +209,43 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
   assert sorted(two) == sorted(one) == [1, 2, 3]
   np.testing.assert_allclose([two[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)],
                              rtol=1e-5, atol=0)
+
+
+def _write_beir(directory, shared_data_dir, pairs=24):
+  """A small BEIR folder of real SciFact claims and abstracts (first `pairs` train qrels)."""
+  scifact = shared_data_dir / "scifact"
+  qrels = [line.strip().split("\t") for line in
+           (scifact / "qrels" / "train.tsv").read_text().splitlines()[1:pairs + 1]]
+  wanted_queries, wanted_docs = {q for q, _, _ in qrels}, {d for _, d, _ in qrels}
+  (directory / "qrels").mkdir(parents=True)
+  for name, wanted in (("queries", wanted_queries), ("corpus", wanted_docs)):
+    lines = [line for line in (scifact / f"{name}.jsonl").read_text().splitlines()
+             if json.loads(line)["_id"] in wanted]
+    (directory / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+  (directory / "qrels" / "train.tsv").write_text(
+      "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
+
+
+def test_a_dataset_registered_from_the_shell_trains(tmp_path, shared_data_dir):
+  _write_beir(tmp_path / "mine", shared_data_dir)
+  flags = ["--gin.MIXTURE_OR_TASK_NAME=@dualenc.data.registry.register_dataset()",
+           "--gin.dualenc.data.registry.register_dataset.name='shell_scifact'",
+           f"--gin.dualenc.data.registry.register_dataset.directory='{tmp_path / 'mine'}'",
+           "--gin.dualenc.data.registry.register_dataset.format='beir'",
+           "--gin.TRAIN_STEPS=3"]
+  state = _train_in_process(tmp_path / "run", *flags)
+  assert int(state.step) == 3
+  losses = _losses(tmp_path / "run")
+  assert sorted(losses) == [1, 2, 3] and all(np.isfinite(v) for v in losses.values())
+  assert "shell_scifact" in (tmp_path / "run" / "config.gin").read_text()
+
+
+@pytest.mark.parametrize("run", ["tiny_cpu", "finetune", "main", "samtone_paper"])
+def test_every_run_config_parses_and_prints(run, capsys):
+  extra = ["--gin.dualenc.data.vocabularies.get_vocabulary.path='/spiece.model'"
+           ] if run == "samtone_paper" else []
+  assert train.main([f"--gin_file=runs/{run}.gin", "--gin.MODEL_DIR='/x'", "--print_config",
+                     *extra]) == 0
+  gin.clear_config()
+  printed = capsys.readouterr().out
+  assert "train.model = %MODEL" in printed and "MODEL_DIR = '/x'" in printed
