@@ -81,7 +81,6 @@ def main():
       jax.block_until_ready(metrics["loss"])
 
     results[name] = (_time(run, args.steps), flops)
-    del holder
 
   # ---- sentence-transformers: the same model, loss and batch in PyTorch ----------------------
   import torch

@@ -103,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"+ SamToNe fine-tuning ({step} steps)": after.metrics})
   print(table)
   (model_dir / "results.md").write_text(table + "\n")
-  print(f"\nFigures (t-SNE of both towers, top-1 similarity, sim(q,q)/sim(q,p)):")
+  print("\nFigures (t-SNE of both towers, top-1 similarity, sim(q,q)/sim(q,p)):")
   for key, path in figures.items():
     print(f"  {key:16s} {path}")
   print(f"Run files: {model_dir} (metrics.jsonl, config.gin, checkpoints/, eval/, "

@@ -12,6 +12,7 @@ import pytest
 import pytrec_eval
 
 from dualenc import analysis, evaluate
+from dualenc import search as dualenc_search
 from dualenc.evaluation import search
 
 PUBLISHED_NDCG10 = 0.645  # MTEB SciFact NDCG@10 of all-MiniLM-L6-v2 (64.51)
@@ -62,6 +63,22 @@ def test_zero_shot_scann_reproduces_it_from_the_cached_embeddings(scifact):
   assert metrics["ndcg@10"] == pytest.approx(PUBLISHED_NDCG10, abs=0.005)
   index = search.Index.load(out / "index")
   assert index.metadata["model"]["max_length"] == 256 and len(index.doc_ids) == 5183
+
+
+def test_search_command_answers_a_query_from_the_saved_index(scifact, capsys):
+  index_dir = scifact["root"] / "scann" / "index"
+  if not index_dir.exists():
+    pytest.fail("the ScaNN CLI test did not save an index")
+  qid = scifact["query_ids"][0]
+  text = next(json.loads(line)["text"] for line in
+              (scifact["data"] / "queries.jsonl").read_text().splitlines()
+              if json.loads(line)["_id"] == qid)
+  assert dualenc_search.main(["--index_dir", str(index_dir), "--k", "3", "--query", text]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == f"# {text}" and len(lines) == 4
+  ranked = [l.split() for l in (scifact["root"] / "scann" / "run.trec").read_text().splitlines()
+            if l.split()[0] == qid]
+  assert lines[1].split()[2] == ranked[0][2]  # same top document as the evaluation run
 
 
 def test_scann_default_settings_recall_exact_top10(scifact):

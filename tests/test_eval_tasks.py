@@ -12,6 +12,7 @@ import pytrec_eval
 from flax import linen as nn
 
 from dualenc import checkpoints, encoders, evaluate, towers
+from dualenc import search as search_cli
 from dualenc import train_state as ts
 from dualenc.data import records, registry, vocabularies
 from dualenc.evaluation import encode, retrieval
@@ -92,12 +93,16 @@ def test_mixture_reports_each_task_and_the_macro_average_identically_twice(train
   assert code == 0, stderr
   assert "macro_average" in stdout and "eval_test_wiki" in stdout
   code, _, stderr = run_cli(["--checkpoint", trained["step_dir"], "--gin_file", trained["gin"],
-                             "--output_dir", out2, "--no_cache", "--searcher", "scann"], capsys)
+                             "--gin_file", "eval/scann.gin", "--output_dir", out2, "--no_cache",
+                             "--save_index", out2 / "index"], capsys)
   assert code == 0, stderr
+  settings = json.loads((out2 / "eval_test_wiki" / "metrics.json").read_text())["settings"]
+  assert settings["searcher"] == "scann"  # from eval/scann.gin
+  assert settings["searcher_settings"]["mode"] == "brute_force"  # 150 documents
   first = json.loads((out1 / "metrics.json").read_text())
   second = json.loads((out2 / "metrics.json").read_text())
   assert sorted(first["tasks"]) == ["eval_test_cran", "eval_test_wiki"]
-  assert first == second  # re-encoded, other searcher (brute force at this size): same numbers
+  assert first == second  # re-encoded, other searcher (exact at this size): same numbers
   for name in ("ndcg@10", "mrr@10", "p@1", "recall@100", "map"):
     mean = np.mean([first["tasks"][t][name] for t in first["tasks"]])
     assert first["macro_average"][name] == pytest.approx(mean)
@@ -107,6 +112,15 @@ def test_mixture_reports_each_task_and_the_macro_average_identically_twice(train
     assert (out1 / task / "run.trec").is_file()
   cran = json.loads((out1 / "eval_test_cran" / "metrics.json").read_text())
   assert cran["counts"]["documents"] == 120 and cran["num_queries"] == cran["counts"]["queries"]
+
+
+def test_search_command_rebuilds_a_trained_model_from_the_index(trained, capsys):
+  index_dir = trained["root"] / "out2" / "index" / "eval_test_wiki"
+  assert search_cli.main(["--index_dir", str(index_dir), "--k", "2", "--query",
+                          "how a water pump works"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == "# how a water pump works" and len(lines) == 3
+  assert lines[1].split()[2] in registry.eval_data("eval_test_wiki", "test").corpus_ids
 
 
 def test_trainer_hook_gives_the_cli_numbers_and_matches_numpy_search(trained, capsys):
@@ -169,6 +183,21 @@ def test_qrels_naming_unknown_documents_error_or_are_counted(trained, capsys, tm
   assert task.startswith("beir_bad_")
   per_task = json.loads((tmp_path / "out" / task / "metrics.json").read_text())
   assert per_task["counts"]["skipped_records"] == 1  # the bad row, counted
+
+
+def test_qrels_with_or_without_header_and_crlf_give_the_same_numbers(trained, capsys, tmp_path):
+  crlf = trained["wiki"]  # header line and CRLF line ends
+  lf = beir_slice(trained["wiki"], tmp_path / "lf_no_header", 150)
+  rows = (crlf / "qrels" / "test.tsv").read_bytes().decode().splitlines()[1:]
+  (lf / "qrels" / "test.tsv").write_text("\n".join(rows) + "\n")
+  results = {}
+  for name, directory in (("crlf", crlf), ("lf", lf)):
+    code, _, stderr = run_cli(["--checkpoint", trained["step_dir"], "--beir_dir", directory,
+                               "--output_dir", tmp_path / name], capsys)
+    assert code == 0, stderr
+    (task,) = json.loads((tmp_path / name / "metrics.json").read_text())["tasks"].items()
+    results[name] = task[1]
+  assert results["crlf"] == results["lf"]
 
 
 def test_check_eval_data_counts_recoverable_problems_and_refuses_hopeless_ones(caplog):

@@ -1,6 +1,5 @@
 """DualEncoder towers: what each architecture shares, frozen embedder, padding, pretrained init."""
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np

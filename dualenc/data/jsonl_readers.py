@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 

@@ -207,19 +207,33 @@ def _check_tree(expected: Any, got: Any) -> None:
 @gin.configurable(module="dualenc.evaluation")
 @dataclasses.dataclass(frozen=True)
 class EncodeOptions:
-  """How texts are batched. batch_tokens: rows x padded length per batch (bounds memory);
-  max_batch_size caps rows for short texts; sort_window: texts tokenized and length-sorted
-  at a time (bounds host memory on huge corpora)."""
+  """How texts are batched.
 
-  batch_tokens: int = 8192
+  Attributes:
+    batch_tokens: rows x padded length per batch (bounds memory). None: 1,024 per data shard
+      on CPU, where small batches keep attention and FFN activations in cache (MiniLM at 256
+      tokens: ~30% fewer CPU-seconds per token than 8,192 per shard), 32,768 per shard on
+      accelerators.
+    max_batch_size: caps the rows of batches of short texts.
+    sort_window: texts tokenized and length-sorted at a time (bounds host memory on huge
+      corpora; batches never mix windows).
+    progress: show a progress bar.
+  """
+
+  batch_tokens: Optional[int] = None
   max_batch_size: int = 512
   sort_window: int = 131072
   progress: bool = True
 
 
-def _batch_rows(length: int, options: EncodeOptions, shards: int) -> int:
+def _batch_rows(length: int, options: EncodeOptions, encoder: "TowerEncoder") -> int:
   """Rows of a batch padded to `length`: ~batch_tokens / length, a multiple of the shards."""
-  rows = min(options.max_batch_size, max(1, options.batch_tokens // length))
+  shards = encoder.data_shards
+  budget = options.batch_tokens
+  if budget is None:
+    per_shard = 1024 if encoder.mesh.devices.flat[0].platform == "cpu" else 32768
+    budget = per_shard * shards
+  rows = min(options.max_batch_size, max(1, budget // length))
   return max(shards, rows // shards * shards)
 
 
@@ -259,7 +273,7 @@ def encode_texts(encoder: TowerEncoder, tokenizer: Callable[[Sequence[str]], Lis
     position = 0
     while position < len(order):
       bucket = buckets[int(np.searchsorted(buckets, max(1, lengths[order[position]])))]
-      rows = _batch_rows(bucket, options, encoder.data_shards)
+      rows = _batch_rows(bucket, options, encoder)
       members = order[position:position + rows]
       position += len(members)
       ids = np.zeros((rows, bucket), np.int32)
