@@ -23,13 +23,37 @@ nothing.
 
 from __future__ import annotations
 
+import os
+import pathlib
+import sys
+
+_ENTRY_POINTS = ("evaluate.py", "search.py", "analysis.py")
+
+
+def _one_cpu_device_per_core() -> None:
+  """When `python -m dualenc.{evaluate,search,analysis}` is the program, before JAX starts:
+  one CPU device per core, so the sharded encoder keeps every core busy (XLA's single default
+  CPU device leaves much of a second core idle; see dualenc/evaluation/encode.py). Programs
+  that merely import this module are left alone; an explicit device count in XLA_FLAGS wins;
+  accelerators are unaffected."""
+  program = pathlib.Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+  if (program is None or program.name not in _ENTRY_POINTS
+      or program.parent != pathlib.Path(__file__).resolve().parent):
+    return
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count="
+                               f"{os.cpu_count() or 1}").strip()
+
+
+_one_cpu_device_per_core()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import argparse
 import dataclasses
 import hashlib
 import importlib
 import logging
-import pathlib
-import sys
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import gin
@@ -167,6 +191,9 @@ def prepare(args, bindings: Sequence[str], parser: argparse.ArgumentParser,
     if not args.beir_dir:
       parser.error("--hf_checkpoint needs --beir_dir")
     gin_utils.parse(args.gin_file, bindings, search_paths)  # optional: eval/*.gin tuning
+    if args.print_config:
+      print(gin.config_str())
+      raise SystemExit(0)
     from dualenc.data import readers  # pylint: disable=g-import-not-at-top
     beir_dir = pathlib.Path(args.beir_dir).expanduser().resolve()
     split = args.split or "test"
@@ -186,6 +213,9 @@ def prepare(args, bindings: Sequence[str], parser: argparse.ArgumentParser,
       gin_files = [str(default)]
     _import_task_modules()  # before gin locks its config: task modules may add configurables
     gin_utils.parse([EVAL_BASE_GIN] + gin_files, bindings, search_paths)
+    if args.print_config:
+      print(gin.config_str())
+      raise SystemExit(0)
     gin_model, task_names, feature_lengths, split = eval_task()
     split = args.split or split
     from dualenc.data import registry  # pylint: disable=g-import-not-at-top

@@ -17,6 +17,7 @@ import logging
 import sys
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from dualenc import evaluate  # first: it sets the CPU device count before JAX starts
 import gin
 
 from dualenc.evaluation import encode
@@ -33,7 +34,6 @@ def load_query_model(metadata: dict) -> loading.RetrievalModel:
         max_length=source.get("max_length"), pooling=source.get("pooling"),
         normalize=source.get("normalize"))
   if source.get("dualenc_checkpoint") and source.get("gin_config"):
-    from dualenc import evaluate  # pylint: disable=g-import-not-at-top
     from dualenc.evaluation import retrieval  # pylint: disable=g-import-not-at-top
     evaluate._import_task_modules()  # pylint: disable=protected-access
     gin.clear_config()

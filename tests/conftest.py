@@ -1,12 +1,16 @@
 """Shared fixtures. XLA is told to emulate 8 CPU devices before JAX is imported anywhere."""
 
 import os
+import tempfile
 
 # Cheaper LLVM passes: the suite compiles many small programs (measured: no slower to run the
 # MiniLM encoder; backend optimisation level 0 would be 35% slower there, so it stays on).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_llvm_disable_expensive_passes=true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The default dataset and other caches go to a per-session directory, not the user's home
+# (subprocesses started by tests inherit it).
+os.environ.setdefault("DUALENC_CACHE", tempfile.mkdtemp(prefix="dualenc-test-cache-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -15,7 +15,7 @@ from dualenc import checkpoints, encoders, evaluate, towers
 from dualenc import search as search_cli
 from dualenc import train_state as ts
 from dualenc.data import records, registry, vocabularies
-from dualenc.evaluation import encode, retrieval
+from dualenc.evaluation import retrieval
 
 LENGTHS = {"inputs": 16, "targets": 48}
 GIN = """

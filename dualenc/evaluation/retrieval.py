@@ -19,6 +19,7 @@ Bad input (see `check_eval_data`):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import pathlib
@@ -92,7 +93,7 @@ def check_eval_data(data, name: str = "") -> CheckedData:
     raise ValueError(f"{where}the corpus is empty: nothing to retrieve")
   for what, ids in (("document", doc_ids), ("query", query_ids)):
     if len(set(ids)) != len(ids):
-      duplicate = next(i for i in ids if ids.count(i) > 1)
+      duplicate = next(i for i, n in collections.Counter(ids).items() if n > 1)
       raise ValueError(f"{where}duplicate {what} id {duplicate!r}")
   qrels = {str(q): {str(d): int(g) for d, g in judged.items()} for q, judged in
            data.qrels.items()}

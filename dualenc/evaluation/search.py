@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import pathlib
 import shutil
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -191,7 +190,9 @@ class ScannConfig:
 
 
 def _scann():
-  from dualenc.data import tf_cpu  # noqa: F401  scann imports TF: keep TF off the accelerators
+  # scann imports TensorFlow; importing it through tf_cpu first keeps TF off the accelerators.
+  from dualenc.data import tf_cpu  # pylint: disable=g-import-not-at-top
+  del tf_cpu
   from scann.scann_ops.py import scann_ops_pybind  # pylint: disable=g-import-not-at-top
   return scann_ops_pybind
 
