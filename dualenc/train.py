@@ -108,8 +108,8 @@ def train(*,
     loss_fn: (q [B, D], d [B, D], *, hard_negatives [B, N, D], hard_negative_mask [B, N],
       query_ids [B], doc_ids [B]) -> scalar (the functions of dualenc.losses).
     schedule: step -> learning rate; None uses `optimizers.learning_rate_schedule()`.
-    initial_checkpoint_path: Hugging Face directory or dualenc checkpoint step directory whose
-      encoder weights initialise every tower (ignored when resuming).
+    initial_checkpoint_path: Hugging Face directory (config.json + weights) whose encoder
+      initialises every tower (ignored when resuming).
     pretrained_params: params of an encoder already converted (Python callers).
     mesh_data, mesh_model: mesh shape; -1 takes the remaining devices.
     peak_flops_per_device: for MFU; 187e9 is the fp32 matmul peak of a 2-core dev machine.
@@ -126,7 +126,7 @@ def train(*,
   model_dir = pathlib.Path(model_dir)
   model_dir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    (model_dir / "config.gin").write_text(gin.config_str())
+    _write_config(model_dir / "config.gin", gin.config_str())
   mesh = partitioning.make_mesh(mesh_data, mesh_model)
   if batch_size % mesh.shape["data"] or batch_size % jax.process_count():
     raise ValueError(f"BATCH_SIZE={batch_size} must divide evenly over the mesh's "
@@ -236,6 +236,17 @@ def train(*,
       checkpointer.close()
       writer.close()
   return state
+
+
+def _write_config(path: pathlib.Path, config: str) -> None:
+  """Writes config.gin; a different one already there (an earlier run's) is kept as
+  config.gin.<n>, never overwritten."""
+  if path.exists() and path.read_text() != config:
+    n = 1
+    while path.with_name(f"{path.name}.{n}").exists():
+      n += 1
+    path.rename(path.with_name(f"{path.name}.{n}"))
+  path.write_text(config)
 
 
 def _on_mesh(tree, mesh):

@@ -249,3 +249,13 @@ def test_every_run_config_parses_and_prints(run, capsys):
   gin.clear_config()
   printed = capsys.readouterr().out
   assert "train.model = %MODEL" in printed and "MODEL_DIR = '/x'" in printed
+
+
+def test_a_different_config_never_overwrites_the_earlier_one(tmp_path):
+  path = tmp_path / "config.gin"
+  train._write_config(path, "A = 1\n")
+  train._write_config(path, "A = 1\n")  # same config: nothing to keep
+  train._write_config(path, "A = 2\n")
+  assert path.read_text() == "A = 2\n"
+  assert (tmp_path / "config.gin.1").read_text() == "A = 1\n"
+  assert not (tmp_path / "config.gin.2").exists()
