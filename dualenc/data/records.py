@@ -206,13 +206,13 @@ class RetrievalDataset:
       raise FileNotFoundError(f"dataset directory not found: {self.directory}")
 
   def splits(self) -> List[str]:
-    raise NotImplementedError
+    raise NotImplementedError  # abstract: every format's reader implements it
 
   def training_examples(self, split: str) -> TrainingExamples:
-    raise NotImplementedError
+    raise NotImplementedError  # abstract: every format's reader implements it
 
   def eval_data(self, split: str) -> EvalData:
-    raise NotImplementedError
+    raise NotImplementedError  # abstract: every format's reader implements it
 
   def _check_split(self, split: str) -> None:
     if split not in self.splits():
