@@ -41,7 +41,7 @@ def _banner(title: str) -> None:
   print(f"\n=== {title} " + "=" * max(0, 76 - len(title)), flush=True)
 
 
-def _evaluate(encoders: retrieval.ModelEncoders, name: str, output_dir: pathlib.Path):
+def _evaluate(encoders: retrieval.ModelEncoders, output_dir: pathlib.Path):
   data = registry.eval_data(TASK, "test")
   return retrieval.evaluate_retrieval(encoders, data, name=TASK, cache_dir=output_dir /
                                       "embeddings", output_dir=output_dir)
@@ -80,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   _banner("Zero-shot: all-MiniLM-L6-v2 as published")
   zero_shot = retrieval.ModelEncoders(loading.from_hf_checkpoint(convert.minilm_path()))
-  before = _evaluate(zero_shot, "zero-shot", model_dir / "eval" / "zero_shot")
+  before = _evaluate(zero_shot, model_dir / "eval" / "zero_shot")
 
   _banner("Fine-tune with SamToNe")
   state = train.train()
@@ -92,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   tuned = retrieval.ModelEncoders(loading.from_dualenc_checkpoint(
       model, model_dir / "checkpoints" / str(step), vocabulary, EVAL_LENGTHS))
   final_dir = model_dir / "eval" / f"step_{step}"
-  after = _evaluate(tuned, "fine-tuned", final_dir)
+  after = _evaluate(tuned, final_dir)
   figures = _figures(tuned, final_dir)
 
   _banner("Results (test split: held-out docstring summaries -> whole corpus)")

@@ -135,7 +135,9 @@ def train(*,
       mixture_or_task_name, split="train", batch_size=batch_size,
       feature_lengths=feature_lengths, seed=seed, shard_index=jax.process_index(),
       num_shards=jax.process_count(), vocabulary=vocabulary)
-  feature_specs = _global_feature_specs(data, batch_size)
+  # The pipeline knows its shapes without tokenizing a batch; make them global.
+  feature_specs = {k: ((batch_size,) + shape[1:], dtype)
+                   for k, (shape, dtype) in data.feature_shapes().items()}
   feature_shapes = {k: shape for k, (shape, _) in feature_specs.items()}
 
   # ----------------------------------------------------------------------------------------
@@ -255,14 +257,6 @@ def _on_mesh(tree, mesh):
   return jax.tree.map(
       lambda x: x if x.sharding.device_set == devices
       else jax.device_put(x, partitioning.replicated(mesh)), tree)
-
-
-def _global_feature_specs(data, batch_size: int):
-  """{feature: (global shape, dtype)} from one batch; the iterator is rewound afterwards."""
-  state = data.get_state()
-  sample = next(data)
-  data.set_state(state)
-  return {k: ((batch_size,) + v.shape[1:], v.dtype) for k, v in sample.items()}
 
 
 def _flops(compiled) -> float:
