@@ -21,6 +21,15 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_gin_config():
+  """Gin's configuration is process-global: a test that parses gin (or calls a CLI's `main`)
+  must not leave bindings, such as `towers.DualEncoder.encoder_config`, behind for the next."""
+  import gin
+  yield
+  gin.clear_config()
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> pathlib.Path:
   """The real IR data beside the checkout (`$DUALENC_SHARED_DATA`, default ../shared/data).
