@@ -4,9 +4,10 @@ Both sides train the same model (BERT 6x384, shared towers like sentence-transfo
 same batch (64 pairs, 128 tokens each side, no padding) with AdamW and an in-batch softmax
 (sentence-transformers' MultipleNegativesRankingLoss: q->d only, scale 20 = temperature 0.05).
 Also times dualenc's SamToNe step against its in-batch softmax step. Prints examples/s, MFU
-(model FLOPs from XLA's cost analysis of the dualenc step, against `--peak_gflops`) and ratios.
+(matmul FLOPs of the dualenc step, dualenc.flops, against `--peak_gflops` of the host) and
+ratios. Run it on an otherwise idle machine: step times swing by 10% or more under load.
 
-  .venv/bin/python benchmarks/train_step.py [--steps 10] [--batch 64] [--length 128]
+  .venv/bin/python benchmarks/train_step.py [--rounds 3] [--block 3] [--batch 64] [--length 128]
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
-# One JAX CPU device per core, data-parallel over a mesh, as `python -m dualenc.train` runs on a
-# CPU host (XLA's single default CPU device leaves part of the second core idle).
+# One JAX CPU device per core, data-parallel over a mesh (XLA's single default CPU device leaves
+# part of the second core idle; measured 10-15% slower). `python -m dualenc.train` does the same
+# when given this XLA_FLAGS setting.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={os.cpu_count()}")
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dualenc import convert, losses, partitioning, towers
+from dualenc import convert, flops, losses, partitioning, towers
 from dualenc.train_state import TrainState, make_train_step
 
 
@@ -41,25 +42,61 @@ def _dualenc_step(loss_fn, model, params, batch, mesh):
   step = jax.jit(make_train_step(model, optimizer, loss_fn, jax.random.PRNGKey(0)),
                  donate_argnums=(0,))
   compiled = step.lower(state, batch).compile()
-  analysis = compiled.cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, list) else analysis
-  return compiled, state, float(analysis["flops"])
+  return compiled, state, flops.matmul_flops(step, state, batch)
 
 
-def _time(fn, steps, warmup=2):
-  for _ in range(warmup):
+def _interleaved(steps_by_name, rounds, block=3):
+  """Times every contender in blocks of `block` consecutive steps, round after round, so drift
+  in the machine's speed (2-core shared boxes drift by 10% over minutes) hits all alike. The
+  first step of each block is not kept: measured, a JAX step right after a PyTorch one (or the
+  reverse) runs up to 30% slower while the other framework's threads and memory settle.
+  Returns name -> kept step times, in round order (block - 1 per round)."""
+  for fn in steps_by_name.values():  # compile / warm up
     fn()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  times = {name: [] for name in steps_by_name}
+  for _ in range(rounds):
+    for name, fn in steps_by_name.items():
+      for i in range(block):
+        start = time.perf_counter()
+        fn()
+        if i:
+          times[name].append(time.perf_counter() - start)
+  return times
+
+
+def _median_ratio(numerator, denominator):
+  """Median over rounds of the per-round ratio (robust to drift between rounds)."""
+  return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+def _sentence_transformers_step(batch, args):
+  import torch  # pylint: disable=g-import-not-at-top
+  from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
+  from sentence_transformers.losses import MultipleNegativesRankingLoss  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  st_model = SentenceTransformer(str(convert.minilm_path()), device="cpu")
+  st_model.train()
+  st_loss = MultipleNegativesRankingLoss(st_model, scale=20.0)
+  st_opt = torch.optim.AdamW(st_model.parameters(), lr=2e-5)
+  features = [{"input_ids": torch.as_tensor(np.asarray(batch[k]), dtype=torch.long),
+               "attention_mask": torch.ones(args.batch, args.length, dtype=torch.long),
+               "token_type_ids": torch.zeros(args.batch, args.length, dtype=torch.long)}
+              for k in ("left_encoder_input_tokens", "right_encoder_input_tokens")]
+
+  def st_step():
+    st_opt.zero_grad()
+    loss = st_loss(features, None)
+    loss.backward()
+    st_opt.step()
+
+  return st_step
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="rounds; each runs every contender for --block steps")
+  parser.add_argument("--block", type=int, default=3)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--length", type=int, default=128)
   parser.add_argument("--only_dualenc", action="store_true", help="skip sentence-transformers")
@@ -77,61 +114,41 @@ def main():
                                      "right_encoder_input_tokens": tokens()}, mesh)
   params = {"encoder": jax.tree.map(jnp.asarray, loaded.variables["params"])}
 
-  # ---- dualenc: in-batch softmax (MNRL-equivalent) and SamToNe ------------------------------
+  # ---- dualenc: in-batch softmax (MNRL-equivalent), bidirectional, SamToNe ------------------
   mnrl = lambda q, d, **kw: losses.in_batch_softmax(q, d, temperature=0.05, bidirectional=False)
   samtone = lambda q, d, **kw: losses.samtone(q, d, temperature=0.05)
   ibs = lambda q, d, **kw: losses.in_batch_softmax(q, d, temperature=0.05)
-  results = {}
+  steps, model_flops = {}, {}
   for name, loss_fn in (("mnrl", mnrl), ("in_batch_softmax", ibs), ("samtone", samtone)):
-    compiled, state, flops = _dualenc_step(loss_fn, model, params, batch, mesh)
+    compiled, state, model_flops[name] = _dualenc_step(loss_fn, model, params, batch, mesh)
     holder = {"state": state}
 
-    def run():
+    def run(compiled=compiled, holder=holder):
       holder["state"], metrics = compiled(holder["state"], batch)
       jax.block_until_ready(metrics["loss"])
 
-    results[name] = (_time(run, args.steps), flops)
-
-  if args.only_dualenc:
-    for name, (seconds, flops) in results.items():
-      print(f"dualenc {name}: {seconds:.3f} s/step, XLA FLOPs {flops / 1e9:.1f} G")
-    return
+    steps[f"dualenc {name}"] = run
 
   # ---- sentence-transformers: the same model, loss and batch in PyTorch ----------------------
-  import torch
-  from sentence_transformers import SentenceTransformer
-  from sentence_transformers.losses import MultipleNegativesRankingLoss
-  torch.set_num_threads(os.cpu_count())
-  st_model = SentenceTransformer(str(convert.minilm_path()), device="cpu")
-  st_model.train()
-  st_loss = MultipleNegativesRankingLoss(st_model, scale=20.0)
-  st_opt = torch.optim.AdamW(st_model.parameters(), lr=2e-5)
-  features = [{"input_ids": torch.as_tensor(np.asarray(batch[k]), dtype=torch.long),
-               "attention_mask": torch.ones(args.batch, args.length, dtype=torch.long),
-               "token_type_ids": torch.zeros(args.batch, args.length, dtype=torch.long)}
-              for k in ("left_encoder_input_tokens", "right_encoder_input_tokens")]
-
-  def st_step():
-    st_opt.zero_grad()
-    loss = st_loss(features, None)
-    loss.backward()
-    st_opt.step()
-
-  st_seconds = _time(st_step, args.steps)
+  if not args.only_dualenc:
+    steps["sentence-transformers MNRL"] = _sentence_transformers_step(batch, args)
+  times = _interleaved(steps, args.rounds, args.block)
 
   # ---- report ----------------------------------------------------------------------------
-  peak = args.peak_gflops * 1e9
-  mnrl_seconds, flops = results["mnrl"]
-  print(f"batch {args.batch}, length {args.length}, model FLOPs/step {flops / 1e9:.1f} G, "
-        f"peak {args.peak_gflops:.0f} GFLOP/s, {jax.device_count()} JAX device(s)")
+  peak = args.peak_gflops * 1e9 * flops.peak_units()
+  print(f"batch {args.batch}, length {args.length}, model FLOPs/step "
+        f"{model_flops['mnrl'] / 1e9:.1f} G, peak {peak / 1e9:.0f} GFLOP/s, "
+        f"{jax.device_count()} JAX device(s), {args.rounds} rounds of {args.block} steps")
   print(f"{'':28s}{'s/step':>9s}{'examples/s':>12s}{'MFU':>8s}")
-  rows = [("sentence-transformers MNRL", st_seconds, flops)]
-  rows += [(f"dualenc {name}", seconds, f) for name, (seconds, f) in results.items()]
-  for label, seconds, f in rows:
-    print(f"{label:28s}{seconds:9.3f}{args.batch / seconds:12.1f}{f / seconds / peak:8.1%}")
-  print(f"speed-up dualenc / sentence-transformers (same loss): {st_seconds / mnrl_seconds:.2f}x")
+  for label, per_round in times.items():
+    seconds = statistics.median(per_round)
+    step_flops = model_flops[label.split()[-1]] if label.startswith("dualenc") else model_flops["mnrl"]
+    print(f"{label:28s}{seconds:9.3f}{args.batch / seconds:12.1f}{step_flops / seconds / peak:8.1%}")
+  if not args.only_dualenc:
+    print(f"speed-up dualenc / sentence-transformers (same loss): "
+          f"{_median_ratio(times['sentence-transformers MNRL'], times['dualenc mnrl']):.3f}x")
   print(f"step time SamToNe / in-batch softmax (bidirectional): "
-        f"{results['samtone'][0] / results['in_batch_softmax'][0]:.3f}x")
+        f"{_median_ratio(times['dualenc samtone'], times['dualenc in_batch_softmax']):.3f}x")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from flax import linen as nn
 
 from dualenc import checkpoints as checkpoints_lib
 from dualenc import evaluation
+from dualenc import flops
 from dualenc import gin_utils
 from dualenc import losses
 from dualenc import metrics_log
@@ -112,7 +113,8 @@ def train(*,
       initialises every tower (ignored when resuming).
     pretrained_params: params of an encoder already converted (Python callers).
     mesh_data, mesh_model: mesh shape; -1 takes the remaining devices.
-    peak_flops_per_device: for MFU; 187e9 is the fp32 matmul peak of a 2-core dev machine.
+    peak_flops_per_device: for MFU against matmul FLOPs (dualenc.flops); per accelerator, or per
+      host on CPU. 187e9 is the fp32 matmul peak of the 2-core dev machine.
     eval_every_steps: retrieval evaluation every this many steps and at the end (0: never);
       metrics go to TensorBoard and metrics.jsonl as 'eval/<task>/<metric>', files to
       MODEL_DIR/eval/<step>/.
@@ -189,8 +191,8 @@ def train(*,
     abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_shardings[k])
                       for k, (shape, dtype) in feature_specs.items()}
     compiled_step = jitted_step.lower(abstract_state, abstract_batch).compile()
-  flops_per_step = _flops(compiled_step) * jax.device_count()
-  peak = peak_flops_per_device * jax.device_count()
+    flops_per_step = flops.matmul_flops(step_fn, abstract_state, abstract_batch)
+  peak = peak_flops_per_device * flops.peak_units()
 
   # ----------------------------------------------------------------------------------------
   # Loop: step, log, checkpoint; SIGTERM saves and exits cleanly; NaN stops the run.
@@ -257,13 +259,6 @@ def _on_mesh(tree, mesh):
   return jax.tree.map(
       lambda x: x if x.sharding.device_set == devices
       else jax.device_put(x, partitioning.replicated(mesh)), tree)
-
-
-def _flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, list):
-    analysis = analysis[0]
-  return float((analysis or {}).get("flops", 0.0))
 
 
 def _load_pretrained_encoder(path: str, model: towers.DualEncoder):

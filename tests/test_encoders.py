@@ -15,7 +15,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from dualenc import encoders
-from dualenc.encoders import t5
+from dualenc.encoders import dropout, t5
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOGICAL_AXES = {"vocab", "embed", "mlp", "heads", "kv", "relpos_buckets", "abspos", "token_types"}
@@ -140,6 +140,33 @@ def test_dropout_only_when_not_deterministic(config):
                                     rngs={"dropout": jax.random.PRNGKey(seed)})
   assert not np.allclose(np.asarray(drop(1)), np.asarray(det), atol=1e-3)
   assert not np.allclose(np.asarray(drop(1)), np.asarray(drop(2)), atol=1e-3)
+
+
+@pytest.mark.parametrize("key", [jax.random.PRNGKey(3), jax.random.key(11)],
+                         ids=["raw_key", "typed_key"])
+def test_fused_dropout_is_jax_bernoulli_and_flax_dropout_bit_for_bit(key):
+  """dualenc's unrolled Threefry gives exactly jax.random's bits, masks and nn.Dropout outputs
+  (the encoders use it; see dualenc/encoders/dropout.py for why)."""
+  for shape in [(7,), (3, 5, 11), (2, 4, 16, 16)]:
+    bits = jax.jit(lambda k: dropout.random_bits(k, shape))(key)
+    np.testing.assert_array_equal(np.asarray(bits), np.asarray(jax.random.bits(key, shape)))
+    keep = jax.jit(lambda k: dropout.bernoulli(k, 0.9, shape))(key)
+    np.testing.assert_array_equal(np.asarray(keep),
+                                  np.asarray(jax.random.bernoulli(key, 0.9, shape)))
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 16, 32)), jnp.float32)
+  ours = dropout.Dropout(0.25).apply({}, x, deterministic=False, rngs={"dropout": key})
+  flax = nn.Dropout(0.25).apply({}, x, deterministic=False, rngs={"dropout": key})
+  np.testing.assert_array_equal(np.asarray(ours), np.asarray(flax))
+  assert 0.2 < float(np.mean(np.asarray(ours) == 0)) < 0.3
+
+
+def test_dropout_mask_does_not_depend_on_sharding():
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  x = jnp.ones((16, 8, 32))
+  apply = jax.jit(lambda x: dropout.Dropout(0.5).apply({}, x, deterministic=False,
+                                                       rngs={"dropout": jax.random.PRNGKey(5)}))
+  sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  np.testing.assert_array_equal(np.asarray(apply(sharded)), np.asarray(apply(x)))
 
 
 @pytest.mark.parametrize("config", [T5_TINY, BERT_TINY], ids=["t5", "bert"])

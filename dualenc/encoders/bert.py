@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from dualenc.encoders import layers
+from dualenc.encoders.dropout import Dropout
 from dualenc.encoders.t5 import activation
 
 
@@ -95,7 +96,7 @@ class BertLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
-    dropout = nn.Dropout(cfg.dropout_rate)
+    dropout = Dropout(cfg.dropout_rate)
     y = layers.MultiHeadAttention(
         cfg.num_heads, cfg.head_dim, use_bias=True, scale_logits=True,
         dropout_rate=cfg.attention_dropout_rate, dtype=layers.as_dtype(cfg.dtype),
@@ -151,7 +152,7 @@ class BertEncoder(nn.Module):
         token_type_ids.astype(jnp.int32))
     x = _layer_norm(cfg, "embedding_norm")(words + positions[None] + types)
     x = layers.constrain(x, ("batch", "length", "embed"))
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
     bias = layers.padding_bias(attention_mask, jnp.float32)
     layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer

@@ -34,6 +34,7 @@ import numpy as np
 from flax import linen as nn
 
 from dualenc.encoders import layers
+from dualenc.encoders.dropout import Dropout
 
 ACTIVATIONS = {
     "relu": nn.relu,
@@ -159,7 +160,7 @@ class T5Mlp(nn.Module):
     else:
       hidden = act(dense(cfg.d_ff, ("embed", "mlp"), "wi")(x))
     hidden = layers.constrain(hidden, ("batch", "length", "mlp"))
-    hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
+    hidden = Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
     out = dense(cfg.d_model, ("mlp", "embed"), "wo")(hidden)
     return layers.constrain(out, ("batch", "length", "embed"))
 
@@ -175,7 +176,7 @@ class T5EncoderLayer(nn.Module):
     dtype, param_dtype = layers.as_dtype(cfg.dtype), layers.as_dtype(cfg.param_dtype)
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, dtype=dtype,
                                        param_dtype=param_dtype, name=name)
-    dropout = nn.Dropout(cfg.dropout_rate)
+    dropout = Dropout(cfg.dropout_rate)
     head_dim = cfg.head_dim
     attention = layers.MultiHeadAttention(
         cfg.num_heads, head_dim, use_bias=False, scale_logits=False,
@@ -220,7 +221,7 @@ class T5Encoder(nn.Module):
     if self.freeze_token_embedder:
       x = jax.lax.stop_gradient(x)
     x = layers.constrain(x, ("batch", "length", "embed"))
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
     length = input_ids.shape[1]
     bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
@@ -235,7 +236,7 @@ class T5Encoder(nn.Module):
       x = layer_cls(cfg, name=f"layers_{i}")(x, bias, deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype,
                        name="encoder_norm")(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     return layers.constrain(x, ("batch", "length", "embed"))
 
 
