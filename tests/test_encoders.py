@@ -160,6 +160,18 @@ def test_fused_dropout_is_jax_bernoulli_and_flax_dropout_bit_for_bit(key):
   assert 0.2 < float(np.mean(np.asarray(ours) == 0)) < 0.3
 
 
+def test_dropout_past_2_to_the_32_elements_uses_jax_random():
+  """The fused hash counts elements in 32 bits; bigger activations (e.g. attention weights of a
+  large pod batch) take jax.random's sampler, which is traced here without being run."""
+  apply = lambda x: dropout.Dropout(0.1).apply({}, x, deterministic=False,
+                                               rngs={"dropout": jax.random.PRNGKey(0)})
+  huge = jax.make_jaxpr(apply)(jax.ShapeDtypeStruct((2**17, 2**15 + 1), jnp.float32))
+  small = jax.make_jaxpr(apply)(jax.ShapeDtypeStruct((8, 16), jnp.float32))
+  assert "random_bits[" in str(huge) and "random_bits[" not in str(small)  # jax.random primitive
+  with pytest.raises(ValueError, match="2\\*\\*32"):
+    dropout.random_bits(jax.random.PRNGKey(0), (2**17, 2**15 + 1))
+
+
 def test_dropout_mask_does_not_depend_on_sharding():
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   x = jnp.ones((16, 8, 32))

@@ -45,10 +45,8 @@ def threefry2x32(key: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.Arra
 
 
 def _flat_index(shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
-  """Row-major flat index of every element, as (high, low) uint32 words."""
-  if math.prod(shape) >= 2**32:
-    # Elements past 2**32 need a carry into the high word; no activation here is that large.
-    raise ValueError(f"dropout mask of shape {tuple(shape)} has 2**32 or more elements")
+  """Row-major flat index of every element, as (high, low) uint32 words (high is 0: arrays of
+  2**32 or more elements are left to jax.random, see `Dropout`)."""
   strides = np.cumprod((1,) + tuple(shape[::-1]))[:-1][::-1]
   low = sum(jax.lax.broadcasted_iota(jnp.uint32, tuple(shape), axis) * np.uint32(stride)
             for axis, stride in enumerate(strides))
@@ -56,7 +54,10 @@ def _flat_index(shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
 
 
 def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
-  """uint32 bits of `shape`, equal to `jax.random.bits(key, shape)` for a Threefry key."""
+  """uint32 bits of `shape` (fewer than 2**32 elements), equal to `jax.random.bits(key, shape)`
+  for a Threefry key."""
+  if math.prod(shape) >= 2**32:
+    raise ValueError(f"random_bits: shape {tuple(shape)} has 2**32 or more elements")
   high, low = _flat_index(shape)
   bits0, bits1 = threefry2x32(jax.random.key_data(key), high, low)
   return bits0 ^ bits1
@@ -77,7 +78,10 @@ def _is_threefry(key: jax.Array) -> bool:
 
 
 class Dropout(nn.Module):
-  """`nn.Dropout(rate)` with a fused mask (see the module docstring); x [...] -> [...]."""
+  """`nn.Dropout(rate)` with a fused mask (see the module docstring); x [...] -> [...].
+
+  Non-Threefry keys and inputs of 2**32 or more elements use `jax.random.bernoulli` itself.
+  """
 
   rate: float
   rng_collection: str = "dropout"
@@ -90,8 +94,9 @@ class Dropout(nn.Module):
       return jnp.zeros_like(inputs)
     keep_prob = 1.0 - self.rate
     key = self.make_rng(self.rng_collection)
-    if _is_threefry(key) and jax.config.jax_threefry_partitionable:
+    if (_is_threefry(key) and jax.config.jax_threefry_partitionable
+        and math.prod(inputs.shape) < 2**32):
       keep = bernoulli(key, keep_prob, inputs.shape)
-    else:  # another PRNG implementation: its own sampler
+    else:  # another PRNG implementation, or a 64-bit counter: jax.random's own sampler
       keep = jax.random.bernoulli(key, keep_prob, inputs.shape)
     return jax.lax.select(keep, inputs / keep_prob, jnp.zeros_like(inputs))
