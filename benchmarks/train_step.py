@@ -41,8 +41,8 @@ def _dualenc_step(loss_fn, model, params, batch, mesh):
   state = jax.device_put(state, partitioning.replicated(mesh))  # donated by the step
   step = jax.jit(make_train_step(model, optimizer, loss_fn, jax.random.PRNGKey(0)),
                  donate_argnums=(0,))
-  compiled = step.lower(state, batch).compile()
-  return compiled, state, flops.matmul_flops(step, state, batch)
+  traced = step.trace(state, batch)
+  return traced.lower().compile(), state, flops.jaxpr_matmul_flops(traced.jaxpr)
 
 
 def _interleaved(steps_by_name, rounds, block=3):

@@ -15,7 +15,10 @@ import jax
 from jax.extend import core as jex_core
 
 
-def _jaxpr_matmul_flops(jaxpr) -> int:
+def jaxpr_matmul_flops(jaxpr) -> int:
+  """Matmul FLOPs of a (Closed)Jaxpr, e.g. `jax.jit(f).trace(*args).jaxpr`."""
+  if isinstance(jaxpr, jex_core.ClosedJaxpr):
+    jaxpr = jaxpr.jaxpr
   total = 0
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "dot_general":
@@ -25,7 +28,7 @@ def _jaxpr_matmul_flops(jaxpr) -> int:
       total += 2 * math.prod(eqn.outvars[0].aval.shape) * contracted
     repeats = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
     for sub in _subjaxprs(eqn.params):
-      total += repeats * _jaxpr_matmul_flops(sub)
+      total += repeats * jaxpr_matmul_flops(sub)
   return total
 
 
@@ -42,7 +45,7 @@ def _subjaxprs(params: dict[str, Any]):
 
 def matmul_flops(fn: Callable[..., Any], *args, **kwargs) -> int:
   """Matmul FLOPs of one call of fn(*args) (arrays or ShapeDtypeStructs), over global shapes."""
-  return _jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)
+  return jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args, **kwargs))
 
 
 def peak_units() -> int:

@@ -41,15 +41,15 @@ def _banner(title: str) -> None:
   print(f"\n=== {title} " + "=" * max(0, 76 - len(title)), flush=True)
 
 
-def _evaluate(encoders: retrieval.ModelEncoders, output_dir: pathlib.Path):
-  data = registry.eval_data(TASK, "test")
+def _evaluate(encoders: retrieval.ModelEncoders, data, output_dir: pathlib.Path):
   return retrieval.evaluate_retrieval(encoders, data, name=TASK, cache_dir=output_dir /
                                       "embeddings", output_dir=output_dir)
 
 
-def _figures(encoders: retrieval.ModelEncoders, output_dir: pathlib.Path) -> Dict[str, str]:
+def _figures(encoders: retrieval.ModelEncoders, data,
+             output_dir: pathlib.Path) -> Dict[str, str]:
   """The paper's three embedding-space figures for the test queries (embeddings from cache)."""
-  checked = retrieval.check_eval_data(registry.eval_data(TASK, "test"), TASK)
+  checked = retrieval.check_eval_data(data, TASK)
   cache = output_dir / "embeddings"
   docs = encoders.encode("document", checked.doc_ids, checked.doc_texts, cache_dir=cache,
                          cache_name=f"{TASK}.document")
@@ -77,10 +77,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   _banner("Data: embedded default dataset (Python stdlib docstrings)")
   manifest = default_dataset.manifest(default_dataset.build())
   print(json.dumps(manifest.get("counts", manifest), indent=None))
+  test_data = registry.eval_data(TASK, "test")
 
   _banner("Zero-shot: all-MiniLM-L6-v2 as published")
   zero_shot = retrieval.ModelEncoders(loading.from_hf_checkpoint(convert.minilm_path()))
-  before = _evaluate(zero_shot, model_dir / "eval" / "zero_shot")
+  before = _evaluate(zero_shot, test_data, model_dir / "eval" / "zero_shot")
 
   _banner("Fine-tune with SamToNe")
   state = train.train()
@@ -92,8 +93,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   tuned = retrieval.ModelEncoders(loading.from_dualenc_checkpoint(
       model, model_dir / "checkpoints" / str(step), vocabulary, EVAL_LENGTHS))
   final_dir = model_dir / "eval" / f"step_{step}"
-  after = _evaluate(tuned, final_dir)
-  figures = _figures(tuned, final_dir)
+  after = _evaluate(tuned, test_data, final_dir)
+  figures = _figures(tuned, test_data, final_dir)
 
   _banner("Results (test split: held-out docstring summaries -> whole corpus)")
   counts = after.counts

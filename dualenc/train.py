@@ -190,8 +190,9 @@ def train(*,
                           out_shardings=(state_shardings, None), donate_argnums=(0,))
     abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_shardings[k])
                       for k, (shape, dtype) in feature_specs.items()}
-    compiled_step = jitted_step.lower(abstract_state, abstract_batch).compile()
-    flops_per_step = flops.matmul_flops(step_fn, abstract_state, abstract_batch)
+    traced_step = jitted_step.trace(abstract_state, abstract_batch)
+    compiled_step = traced_step.lower().compile()
+  flops_per_step = flops.jaxpr_matmul_flops(traced_step.jaxpr)
   peak = peak_flops_per_device * flops.peak_units()
 
   # ----------------------------------------------------------------------------------------

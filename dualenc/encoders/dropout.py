@@ -44,13 +44,12 @@ def threefry2x32(key: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.Arra
   return x0, x1
 
 
-def _flat_index(shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
-  """Row-major flat index of every element, as (high, low) uint32 words (high is 0: arrays of
-  2**32 or more elements are left to jax.random, see `Dropout`)."""
+def _flat_index(shape: Sequence[int]) -> jax.Array:
+  """uint32 row-major flat index of every element (the low word of JAX's 64-bit counter; the
+  high word is 0 below 2**32 elements)."""
   strides = np.cumprod((1,) + tuple(shape[::-1]))[:-1][::-1]
-  low = sum(jax.lax.broadcasted_iota(jnp.uint32, tuple(shape), axis) * np.uint32(stride)
-            for axis, stride in enumerate(strides))
-  return jnp.zeros(shape, jnp.uint32), jnp.asarray(low, jnp.uint32)
+  return jnp.asarray(sum(jax.lax.broadcasted_iota(jnp.uint32, tuple(shape), axis)
+                         * np.uint32(stride) for axis, stride in enumerate(strides)), jnp.uint32)
 
 
 def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
@@ -58,8 +57,8 @@ def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
   for a Threefry key."""
   if math.prod(shape) >= 2**32:
     raise ValueError(f"random_bits: shape {tuple(shape)} has 2**32 or more elements")
-  high, low = _flat_index(shape)
-  bits0, bits1 = threefry2x32(jax.random.key_data(key), high, low)
+  low = _flat_index(shape)
+  bits0, bits1 = threefry2x32(jax.random.key_data(key), jnp.zeros_like(low), low)
   return bits0 ^ bits1
 
 
