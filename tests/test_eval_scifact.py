@@ -61,6 +61,9 @@ def test_zero_shot_scann_reproduces_it_from_the_cached_embeddings(scifact):
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["settings"]["searcher_settings"]["mode"] == "tree_ah"  # not brute force
   assert metrics["ndcg@10"] == pytest.approx(PUBLISHED_NDCG10, abs=0.005)
+  # The defaults search widely enough that approximate search costs no measurable quality.
+  exact = json.loads((scifact["root"] / "exact" / "metrics.json").read_text())
+  assert metrics["ndcg@10"] == pytest.approx(exact["ndcg@10"], abs=0.004)
   index = search.Index.load(out / "index")
   assert index.metadata["model"]["max_length"] == 256 and len(index.doc_ids) == 5183
 
@@ -87,7 +90,7 @@ def test_scann_default_settings_recall_exact_top10(scifact):
   assert scann.settings["mode"] == "tree_ah"
   approx = scann.search(scifact["queries"], 10)[1]
   recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, exact)])
-  assert recall >= 0.95
+  assert recall >= 0.99  # the issue asks for 0.95; 25 builds here gave 0.9990-0.9997
 
 
 def test_exact_search_equals_numpy_argsort_on_real_embeddings(scifact):

@@ -54,7 +54,7 @@ def test_scann_brute_force_mode_equals_exact_and_tree_mode_is_chosen_by_size():
   np.testing.assert_array_equal(indices, numpy_top_k(queries, docs, 10)[1])
   big = search.ScannConfig().resolve(1_000_000, 100)
   assert big["mode"] == "tree_ah" and big["num_leaves"] == 1000
-  assert big["num_leaves_to_search"] == 250 and big["reorder_num_neighbors"] == 400
+  assert big["num_leaves_to_search"] == 500 and big["reorder_num_neighbors"] == 400
   assert big["training_sample_size"] == 250_000
 
 
