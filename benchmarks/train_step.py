@@ -3,11 +3,14 @@ r"""Train-step throughput: dualenc vs sentence-transformers on all-MiniLM-L6-v2 
 Both sides train the same model (BERT 6x384, shared towers like sentence-transformers) on the
 same batch (64 pairs, 128 tokens each side, no padding) with AdamW and an in-batch softmax
 (sentence-transformers' MultipleNegativesRankingLoss: q->d only, scale 20 = temperature 0.05).
-Also times dualenc's SamToNe step against its in-batch softmax step. Prints examples/s, MFU
-(matmul FLOPs of the dualenc step, dualenc.flops, against `--peak_gflops` of the host) and
-ratios. Run it on an otherwise idle machine: step times swing by 10% or more under load.
+Also times dualenc's SamToNe step against its in-batch softmax step, in blocks and in
+alternating pairs, and the two losses' value+gradient alone (all that the two steps differ in).
+Prints examples/s, MFU (matmul FLOPs of the dualenc step, dualenc.flops, against
+`--peak_gflops` of the host) and ratios. Run it on an otherwise idle machine: step times swing
+by 10% or more under load.
 
-  .venv/bin/python benchmarks/train_step.py [--rounds 3] [--block 3] [--batch 64] [--length 128]
+  .venv/bin/python benchmarks/train_step.py [--rounds 3] [--block 3] [--pairs 8] [--batch 64]
+      [--length 128]
 """
 
 from __future__ import annotations
@@ -64,6 +67,41 @@ def _interleaved(steps_by_name, rounds, block=3):
   return times
 
 
+def _alternating(step_a, step_b, pairs):
+  """Runs `pairs` adjacent pairs of steps, alternately a-then-b and b-then-a (a step's place in
+  a pair was measured to matter by up to 8%, so the orders must balance); returns the per-pair
+  ratios b/a. Adjacent steps see the same machine speed, so these ratios are less noisy than
+  ratios of separately timed blocks (both steps are JAX: no framework switch between them)."""
+  step_a(), step_b()
+  ratios = []
+  for i in range(pairs):
+    seconds = {}
+    for name, step in ((("a", step_a), ("b", step_b)) if i % 2 == 0 else
+                       (("b", step_b), ("a", step_a))):
+      start = time.perf_counter()
+      step()
+      seconds[name] = time.perf_counter() - start
+    ratios.append(seconds["b"] / seconds["a"])
+  return ratios
+
+
+def _loss_seconds(loss_fn, batch_size, dim, repeats=200):
+  """Median seconds of one jitted loss value+gradient on [batch, dim] unit embeddings: the only
+  computation in which two losses' train steps differ."""
+  rng = np.random.default_rng(1)
+  unit = lambda: (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True))(
+      rng.normal(size=(batch_size, dim)).astype(np.float32))
+  q, d = jnp.asarray(unit()), jnp.asarray(unit())
+  value_and_grad = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
+  jax.block_until_ready(value_and_grad(q, d))
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(value_and_grad(q, d))
+    seconds.append(time.perf_counter() - start)
+  return statistics.median(seconds)
+
+
 def _median_ratio(numerator, denominator):
   """Median over rounds of the per-round ratio (robust to drift between rounds)."""
   return statistics.median(a / b for a, b in zip(numerator, denominator))
@@ -72,7 +110,7 @@ def _median_ratio(numerator, denominator):
 def _sentence_transformers_step(batch, args):
   import torch  # pylint: disable=g-import-not-at-top
   from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
-  from sentence_transformers.losses import MultipleNegativesRankingLoss  # pylint: disable=g-import-not-at-top
+  from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
   st_model = SentenceTransformer(str(convert.minilm_path()), device="cpu")
   st_model.train()
@@ -99,6 +137,8 @@ def main():
   parser.add_argument("--block", type=int, default=3)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--length", type=int, default=128)
+  parser.add_argument("--pairs", type=int, default=8,
+                      help="alternating in-batch softmax / SamToNe step pairs")
   parser.add_argument("--only_dualenc", action="store_true", help="skip sentence-transformers")
   parser.add_argument("--peak_gflops", type=float, default=187.0,
                       help="fp32 matmul peak of this machine (2-core dev box: 187)")
@@ -133,6 +173,10 @@ def main():
   if not args.only_dualenc:
     steps["sentence-transformers MNRL"] = _sentence_transformers_step(batch, args)
   times = _interleaved(steps, args.rounds, args.block)
+  pair_ratios = _alternating(steps["dualenc in_batch_softmax"], steps["dualenc samtone"],
+                             args.pairs)
+  loss_seconds = {name: _loss_seconds(fn, args.batch, config.d_model)
+                  for name, fn in (("in_batch_softmax", ibs), ("samtone", samtone))}
 
   # ---- report ----------------------------------------------------------------------------
   peak = args.peak_gflops * 1e9 * flops.peak_units()
@@ -147,8 +191,16 @@ def main():
   if not args.only_dualenc:
     print(f"speed-up dualenc / sentence-transformers (same loss): "
           f"{_median_ratio(times['sentence-transformers MNRL'], times['dualenc mnrl']):.3f}x")
-  print(f"step time SamToNe / in-batch softmax (bidirectional): "
-        f"{_median_ratio(times['dualenc samtone'], times['dualenc in_batch_softmax']):.3f}x")
+  print(f"step time SamToNe / in-batch softmax (bidirectional), blocks: "
+        f"{_median_ratio(times['dualenc samtone'], times['dualenc in_batch_softmax']):.3f}x; "
+        f"alternating steps: median {statistics.median(pair_ratios):.3f}x over {args.pairs} pairs "
+        f"({', '.join(f'{r:.3f}' for r in pair_ratios)})")
+  extra = loss_seconds["samtone"] - loss_seconds["in_batch_softmax"]
+  step_seconds = statistics.median(times["dualenc in_batch_softmax"])
+  print(f"loss value+gradient alone on [{args.batch}, {config.d_model}]: SamToNe "
+        f"{loss_seconds['samtone'] * 1e3:.3f} ms, in-batch softmax "
+        f"{loss_seconds['in_batch_softmax'] * 1e3:.3f} ms: SamToNe adds {extra * 1e3:+.3f} ms, "
+        f"{extra / step_seconds:+.4%} of a step")
 
 
 if __name__ == "__main__":
