@@ -75,9 +75,11 @@ def _alternating(step_a, step_b, pairs):
   step_a(), step_b()
   ratios = []
   for i in range(pairs):
+    order = [("a", step_a), ("b", step_b)]
+    if i % 2:
+      order.reverse()
     seconds = {}
-    for name, step in ((("a", step_a), ("b", step_b)) if i % 2 == 0 else
-                       (("b", step_b), ("a", step_a))):
+    for name, step in order:
       start = time.perf_counter()
       step()
       seconds[name] = time.perf_counter() - start
@@ -88,10 +90,8 @@ def _alternating(step_a, step_b, pairs):
 def _loss_seconds(loss_fn, batch_size, dim, repeats=200):
   """Median seconds of one jitted loss value+gradient on [batch, dim] unit embeddings: the only
   computation in which two losses' train steps differ."""
-  rng = np.random.default_rng(1)
-  unit = lambda: (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True))(
-      rng.normal(size=(batch_size, dim)).astype(np.float32))
-  q, d = jnp.asarray(unit()), jnp.asarray(unit())
+  rows = np.random.default_rng(1).normal(size=(2, batch_size, dim)).astype(np.float32)
+  q, d = jnp.asarray(rows / np.linalg.norm(rows, axis=-1, keepdims=True))
   value_and_grad = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
   jax.block_until_ready(value_and_grad(q, d))
   seconds = []
