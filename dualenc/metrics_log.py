@@ -1,16 +1,23 @@
 """Where training metrics go: `MODEL_DIR/metrics.jsonl`, TensorBoard events, a progress bar.
 
 Only process 0 writes. `metrics.jsonl` holds one JSON object per logged step with at least
-`step` and `loss`; it is appended to, so a resumed run continues the same file.
+`step` and `loss`; it is appended to, so a resumed run continues the same file. TensorBoard
+scalars go to `MODEL_DIR/tensorboard/events.out.tfevents.<time>.<host>.<pid>` (a new file per
+run, as TensorFlow's writer does). Both are written through dualenc.fs, so a gs:// MODEL_DIR
+gets them too; on an object store they are uploaded at most every 10 s and at the end.
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
+import os
+import socket
+import time
 from typing import Mapping
 
 import jax
+
+from dualenc import fs
 
 _SHOWN = ("loss", "accuracy", "examples_per_second", "mfu")
 
@@ -26,11 +33,10 @@ class MetricsLog:
     self._bar = None
     if not self._active:
       return
-    model_dir = pathlib.Path(model_dir)
-    self._jsonl = open(model_dir / "metrics.jsonl", "a", encoding="utf-8")
+    model_dir = fs.path(model_dir)
+    self._jsonl = fs.AppendFile(model_dir / "metrics.jsonl")
     if tensorboard:
-      from clu import metric_writers  # imports TensorFlow's summary writer: keep it lazy
-      self._writer = metric_writers.SummaryWriter(str(model_dir / "tensorboard"))
+      self._writer = EventFile(model_dir / "tensorboard")
     if progress_bar:
       import tqdm
       self._bar = tqdm.tqdm(total=total_steps, dynamic_ncols=True, desc="train")
@@ -44,6 +50,7 @@ class MetricsLog:
     self._jsonl.flush()
     if self._writer is not None:
       self._writer.write_scalars(int(step), {prefix + k: v for k, v in metrics.items()})
+      self._writer.flush()
     if self._bar is not None:
       self._bar.n = int(step)
       self._bar.set_postfix({k: f"{metrics[k]:.4g}" for k in _SHOWN if k in metrics},
@@ -57,7 +64,37 @@ class MetricsLog:
     if self._jsonl is not None:
       self._jsonl.close()
     if self._writer is not None:
-      self._writer.flush()
       self._writer.close()
     if self._bar is not None:
       self._bar.close()
+
+
+class EventFile:
+  """TensorBoard scalars in the standard event-file format (TFRecord-framed `Event` protos),
+  written through dualenc.fs: TensorFlow's own writer reaches object stores only through its
+  GCS client, which cannot be pointed at an emulator or other endpoints."""
+
+  def __init__(self, directory):
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+    self._event_pb2 = event_pb2
+    name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}"
+    self._file = fs.AppendFile(fs.path(directory) / name)
+    self._records = record_writer.RecordWriter(self._file)
+    self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+  def _write(self, event) -> None:
+    self._records.write(event.SerializeToString())
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+              for tag, value in scalars.items()]
+    self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step),
+                                      summary=summary_pb2.Summary(value=values)))
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()

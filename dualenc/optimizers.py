@@ -8,7 +8,7 @@ token embedder of `ade_fte`) get no update at all, weight decay included.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import gin
 import jax
@@ -56,26 +56,41 @@ def make_optimizer(params: Any, *, name: str = "adafactor",
                    gradient_clip_norm: Optional[float] = None,
                    weight_decay: float = 0.0,
                    adafactor_decay_rate: float = 0.8,
-                   frozen_patterns: Sequence[str] = ()) -> optax.GradientTransformation:
-  """The optimizer for `params` (used only for the tree structure of the frozen mask)."""
+                   frozen_patterns: Sequence[str] = (),
+                   learning_rate_scales: Optional[Mapping[str, float]] = None
+                   ) -> optax.GradientTransformation:
+  """The optimizer for `params` (used only for the tree structure of the parameter groups).
+
+  frozen_patterns: regexes of parameters that get no update at all, weight decay included.
+  learning_rate_scales: {regex: scale}: parameters matching a regex form their own group,
+    optimised alike but with `scale` x the schedule's learning rate (e.g. a sparse model's
+    trainable IDF table, `{'^idf$': 100.0}`); the first matching regex wins, frozen ones first.
+  """
   schedule = schedule or learning_rate_schedule()
-  if name == "adafactor":
-    core = optax.adafactor(learning_rate=schedule, decay_rate=adafactor_decay_rate,
-                           multiply_by_parameter_scale=True, clipping_threshold=1.0,
-                           momentum=None, factored=True,
-                           weight_decay_rate=weight_decay or None)
-  elif name == "adamw":
-    core = optax.adamw(learning_rate=schedule, weight_decay=weight_decay)
-  elif name == "sgd":
-    core = optax.sgd(learning_rate=schedule)
-  else:
+
+  def build(schedule):
+    if name == "adafactor":
+      return optax.adafactor(learning_rate=schedule, decay_rate=adafactor_decay_rate,
+                             multiply_by_parameter_scale=True, clipping_threshold=1.0,
+                             momentum=None, factored=True,
+                             weight_decay_rate=weight_decay or None)
+    if name == "adamw":
+      return optax.adamw(learning_rate=schedule, weight_decay=weight_decay)
+    if name == "sgd":
+      return optax.sgd(learning_rate=schedule)
     raise ValueError(f"make_optimizer.name={name!r}; expected adafactor, adamw or sgd")
-  chain = [optax.clip_by_global_norm(gradient_clip_norm)] if gradient_clip_norm else []
-  chain.append(core)
-  optimizer = optax.chain(*chain)
+
+  # Each group clips its own gradient (as the single-group optimizer always has).
+  clip = [optax.clip_by_global_norm(gradient_clip_norm)] if gradient_clip_norm else []
+  groups = {"train": optax.chain(*clip, build(schedule))}
+  patterns = {}
   if frozen_patterns:
-    mask = towers.frozen_parameter_mask(params, frozen_patterns)
-    labels = jax.tree.map(lambda frozen: "frozen" if frozen else "train", mask)
-    optimizer = optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()},
-                                      labels)
-  return optimizer
+    groups["frozen"] = optax.set_to_zero()
+    patterns.update({p: "frozen" for p in frozen_patterns})
+  for i, (pattern, scale) in enumerate(sorted((learning_rate_scales or {}).items())):
+    groups[f"scaled_{i}"] = optax.chain(
+        *clip, build(lambda step, scale=scale: scale * schedule(step)))
+    patterns.setdefault(pattern, f"scaled_{i}")
+  if len(groups) == 1:
+    return groups["train"]
+  return optax.multi_transform(groups, towers.parameter_labels(params, patterns, "train"))

@@ -1,16 +1,19 @@
-r"""Answer queries typed on the shell from a saved index.
+r"""Answer queries typed on the shell from a saved index (`--save_index` of dualenc.evaluate).
 
-  python -m dualenc.evaluate --hf_checkpoint=DIR --beir_dir=DIR --output_dir=OUT \
-      --searcher=scann --save_index=OUT/index                    # build and save once
-  python -m dualenc.search --index_dir=OUT/index [--k=10] [--query="..."]
+  python -m dualenc.search --index_dir=runs/tiny/index --k=3 --query="parse a date"
+  echo "sort a list in place" | python -m dualenc.search --index_dir=runs/tiny/index
 
-Without --query, reads one query per line from standard input until EOF (prompting when it is
+--k results per query (default 10), --query repeatable. Without --query, reads one query per line from standard input until EOF (prompting when it is
 a terminal). The query tower is loaded as the index's metadata says: the Hugging Face
 checkpoint, or the dualenc checkpoint with the gin config it was evaluated with. Each hit is
 printed as `rank  score  doc_id  text...`.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # run as dualenc.X, not __main__: see dualenc/cli.py
+  from dualenc import cli
+  cli.run_program(__spec__.name)
 
 import argparse
 import logging
@@ -99,6 +102,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout.flush()
   return 0
 
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -142,6 +142,16 @@ class DualEncoder(nn.Module):
     return (self.encode_queries(query_ids, query_mask, deterministic=deterministic),
             self.encode_documents(document_ids, document_mask, deterministic=deterministic))
 
+  # -- what the trainer asks of a model (dualenc.sparse.SparseEncoder answers the same) -------
+
+  def frozen_parameter_patterns(self) -> tuple:
+    """Regexes of parameters the optimizer must leave untouched."""
+    return FROZEN_PARAMETERS.get(self.architecture, ())
+
+  def load_pretrained(self, params: Mapping[str, Any], pretrained: Mapping[str, Any]) -> dict:
+    """`params` with every tower's encoder taken from a converted encoder's params."""
+    return init_from_pretrained_encoder(params, pretrained, self.architecture)
+
 
 def init_from_pretrained_encoder(tower_params: Mapping[str, Any],
                                  encoder_params: Mapping[str, Any],
@@ -191,7 +201,14 @@ def _check_same_shapes(expected, got) -> None:
 
 def frozen_parameter_mask(params: Mapping[str, Any], patterns) -> Any:
   """Pytree of bools, True where the '/'-joined parameter path matches any regex in `patterns`."""
-  compiled = [re.compile(p) for p in patterns]
+  return parameter_labels(params, {p: True for p in patterns}, default=False)
+
+
+def parameter_labels(params: Mapping[str, Any], patterns: Mapping[str, Any],
+                     default: Any) -> Any:
+  """Pytree of labels: for each '/'-joined parameter path, the label of the first regex in
+  `patterns` (in order) that matches it, else `default`."""
+  compiled = [(re.compile(p), label) for p, label in patterns.items()]
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-  mask = {k: any(c.search(k) for c in compiled) for k in flat}
-  return flax.traverse_util.unflatten_dict(mask, sep="/")
+  labels = {k: next((label for c, label in compiled if c.search(k)), default) for k in flat}
+  return flax.traverse_util.unflatten_dict(labels, sep="/")

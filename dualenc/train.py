@@ -9,17 +9,13 @@ Re-running the same command resumes from the newest good checkpoint in MODEL_DIR
 
 from __future__ import annotations
 
-if __name__ == "__main__":
-  # Run the imported module instead, so gin registers `train` once, as dualenc.train.train
-  # (a second copy under __main__ would make `--gin.train.X` ambiguous).
-  import sys
-  from dualenc.train import main
-  sys.exit(main())
+if __name__ == "__main__":  # run as dualenc.X, not __main__: see dualenc/cli.py
+  from dualenc import cli
+  cli.run_program(__spec__.name)
 
 import argparse
 import logging
 import math
-import pathlib
 import signal
 import sys
 import time
@@ -35,6 +31,7 @@ from flax import linen as nn
 from dualenc import checkpoints as checkpoints_lib
 from dualenc import evaluation
 from dualenc import flops
+from dualenc import fs
 from dualenc import gin_utils
 from dualenc import losses
 from dualenc import metrics_log
@@ -94,6 +91,7 @@ def train(*,
           eval_every_steps: int = 0,
           eval_mixture_or_task_name: Optional[str] = None,
           eval_split: str = "test",
+          eval_feature_lengths: Optional[Mapping[str, Any]] = None,
           on_step_end: Optional[Callable[[int, Any], None]] = None) -> ts.TrainState:
   """Runs (or resumes) training and returns the final state.
 
@@ -120,13 +118,14 @@ def train(*,
       MODEL_DIR/eval/<step>/.
     eval_mixture_or_task_name: what to evaluate (default: the training task or mixture).
     eval_split: the split whose qrels are evaluated.
+    eval_feature_lengths: query / document lengths at evaluation (EVAL_FEATURE_LENGTHS,
+      eval/base.gin); None: the training lengths.
     on_step_end: called with (step, metrics) after every logged step (tests, hooks).
   """
   # ----------------------------------------------------------------------------------------
   # Setup: directories, mesh, data.
   # ----------------------------------------------------------------------------------------
-  model_dir = pathlib.Path(model_dir)
-  model_dir.mkdir(parents=True, exist_ok=True)
+  model_dir = fs.path(model_dir)
   if jax.process_index() == 0:
     _write_config(model_dir / "config.gin", gin.config_str())
   mesh = partitioning.make_mesh(mesh_data, mesh_model)
@@ -153,9 +152,9 @@ def train(*,
     param_shardings = partitioning.logical_shardings(abstract_params, mesh, rules)
     params = jax.jit(lambda r: nn.meta.unbox(ts.init_params(model, r, feature_shapes)),
                      out_shardings=param_shardings)(init_rng)
-  frozen = towers.FROZEN_PARAMETERS.get(model.architecture, ())
   schedule = schedule or optimizers.learning_rate_schedule()
-  optimizer = optimizers.make_optimizer(params, schedule=schedule, frozen_patterns=frozen)
+  optimizer = optimizers.make_optimizer(params, schedule=schedule,
+                                        frozen_patterns=model.frozen_parameter_patterns())
   checkpointer = checkpoints_lib.Checkpointer(
       str(model_dir), keep=keep_checkpoints, save_interval_steps=checkpoint_every_steps,
       async_save=async_checkpoints)
@@ -172,8 +171,12 @@ def train(*,
     pretrained = pretrained_params
     if initial_checkpoint_path:
       pretrained = _load_pretrained_encoder(initial_checkpoint_path, model)
+    params = state.params
     if pretrained is not None:
-      params = towers.init_from_pretrained_encoder(state.params, pretrained, model.architecture)
+      params = model.load_pretrained(params, pretrained)
+    if hasattr(model, "initial_params"):  # e.g. a sparse model's IDF table from idf.json
+      params = model.initial_params(params)
+    if params is not state.params:
       params = jax.device_put(params, param_shardings)
       state = _on_mesh(ts.TrainState(step=state.step, params=params,
                                      opt_state=jax.jit(optimizer.init)(params)), mesh)
@@ -185,12 +188,20 @@ def train(*,
   batch_shardings = {k: partitioning.batch_sharding(mesh, len(s))
                      for k, s in feature_shapes.items()}
   step_fn = ts.make_train_step(model, optimizer, loss_fn, dropout_rng)
+  # What the loss reads but nothing trains (teacher weights, corpus statistics): replicated.
+  frozen_inputs = None
+  if hasattr(loss_fn, "prepare"):
+    frozen_inputs = jax.device_put(
+        loss_fn.prepare(mixture_or_task_name=mixture_or_task_name,
+                        feature_lengths=feature_lengths, vocabulary=vocabulary),
+        partitioning.replicated(mesh))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    jitted_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+    jitted_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings,
+                                                 partitioning.replicated(mesh)),
                           out_shardings=(state_shardings, None), donate_argnums=(0,))
     abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_shardings[k])
                       for k, (shape, dtype) in feature_specs.items()}
-    traced_step = jitted_step.trace(abstract_state, abstract_batch)
+    traced_step = jitted_step.trace(abstract_state, abstract_batch, frozen_inputs)
     compiled_step = traced_step.lower().compile()
   flops_per_step = flops.jaxpr_matmul_flops(traced_step.jaxpr)
   peak = peak_flops_per_device * flops.peak_units()
@@ -205,7 +216,7 @@ def train(*,
     try:
       for step in range(first_step, train_steps):
         batch = partitioning.global_batch(next(data), mesh)
-        state, metrics = compiled_step(state, batch)
+        state, metrics = compiled_step(state, batch, frozen_inputs)
         done = step + 1
         # Fetched every step: a non-finite loss or gradient must stop the run before the
         # state it produced can be checkpointed.
@@ -228,7 +239,8 @@ def train(*,
         if eval_every_steps and (done % eval_every_steps == 0 or done == train_steps):
           results = evaluation.evaluate_tasks(
               model, state.params, eval_mixture_or_task_name or mixture_or_task_name,
-              feature_lengths=feature_lengths, split=eval_split, vocabulary=vocabulary,
+              feature_lengths=eval_feature_lengths or feature_lengths, split=eval_split,
+              vocabulary=vocabulary,
               mesh=mesh, output_dir=model_dir / "eval" / str(done))
           writer.write(done, evaluation.flatten_for_logging(results))
         checkpointer.save(done, state, data.get_state(), force=done == train_steps)
@@ -243,15 +255,18 @@ def train(*,
   return state
 
 
-def _write_config(path: pathlib.Path, config: str) -> None:
+def _write_config(path, config: str) -> None:
   """Writes config.gin; a different one already there (an earlier run's) is kept as
   config.gin.<n>, never overwritten."""
-  if path.exists() and path.read_text() != config:
+  path = fs.path(path)
+  if path.exists():
+    if path.read_text() == config:
+      return
     n = 1
     while path.with_name(f"{path.name}.{n}").exists():
       n += 1
     path.rename(path.with_name(f"{path.name}.{n}"))
-  path.write_text(config)
+  fs.write_text(path, config)
 
 
 def _on_mesh(tree, mesh):
@@ -262,13 +277,17 @@ def _on_mesh(tree, mesh):
       else jax.device_put(x, partitioning.replicated(mesh)), tree)
 
 
-def _load_pretrained_encoder(path: str, model: towers.DualEncoder):
-  """Encoder params from a Hugging Face directory (config.json inside)."""
+def _load_pretrained_encoder(path: str, model):
+  """Encoder params from a Hugging Face directory (config.json inside); with its MLM head when
+  the model has one (a sparse model) and the checkpoint holds it."""
   from dualenc import convert
-  if not (pathlib.Path(path) / "config.json").exists():
+  if not (fs.path(path) / "config.json").exists():
     raise ValueError(f"INITIAL_CHECKPOINT_PATH={path!r}: expected a Hugging Face checkpoint "
                      "directory with config.json")
-  _, variables = convert.from_huggingface(path, dtype=model.encoder_config.dtype)
+  with fs.local_copy(path) as local:
+    mlm_head = getattr(model, "has_mlm_head", False) and convert.has_mlm_head(local)
+    _, variables = convert.from_huggingface(local, dtype=model.encoder_config.dtype,
+                                            mlm_head=mlm_head)
   return variables["params"]
 
 

@@ -7,6 +7,7 @@ every example's negatives are the whole global batch with no collectives written
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping, Tuple
 
 import flax
@@ -15,7 +16,6 @@ import jax.numpy as jnp
 import optax
 
 from dualenc import losses
-from dualenc.towers import DualEncoder
 
 PAD_ID = 0
 
@@ -32,9 +32,10 @@ def attention_mask(tokens: jax.Array) -> jax.Array:
   return (tokens != PAD_ID).astype(jnp.int32)
 
 
-def embed_batch(model: DualEncoder, params: Any, batch: Mapping[str, jax.Array], *,
+def embed_batch(model, params: Any, batch: Mapping[str, jax.Array], *,
                 dropout_rng=None) -> Tuple[jax.Array, jax.Array, Any]:
-  """Feature dict -> (queries [B, D], positives [B, D], hard negatives [B, N, D] or None).
+  """Feature dict -> (queries [B, D], positives [B, D], hard negatives [B, N, D] or None), for
+  any model with the towers' interface (a DualEncoder, a sparse.SparseEncoder: D = V).
 
   Positives and hard negatives go through the document tower in one call.
   """
@@ -57,12 +58,27 @@ def embed_batch(model: DualEncoder, params: Any, batch: Mapping[str, jax.Array],
   return q, d, hard
 
 
-def make_train_step(model: DualEncoder, optimizer: optax.GradientTransformation,
-                    loss_fn: Callable[..., jax.Array], base_rng: jax.Array,
-                    use_ids_for_masking: bool = True):
-  """Returns train_step(state, batch) -> (state, metrics); jit it with shardings."""
+def _accepted(loss_fn: Callable[..., Any]) -> frozenset:
+  """Keyword arguments of `loss_fn` beyond the embeddings (sparse losses take more)."""
+  try:
+    return frozenset(inspect.signature(loss_fn).parameters)
+  except (TypeError, ValueError):
+    return frozenset()
 
-  def compute_loss(params, batch, dropout_rng):
+
+def make_train_step(model, optimizer: optax.GradientTransformation,
+                    loss_fn: Callable[..., Any], base_rng: jax.Array,
+                    use_ids_for_masking: bool = True):
+  """Returns train_step(state, batch, frozen=None) -> (state, metrics); jit it with shardings.
+
+  The loss gets the embeddings of the global batch, and, when its signature asks for them,
+  `step` (the step number, traced), `batch` (the feature dict: token ids for in-step teachers)
+  and `frozen` (arrays the loss needs but nothing trains, e.g. teacher weights; passed to the
+  step as its third argument). It returns the loss, or (loss, {name: scalar}) to log more.
+  """
+  accepted = _accepted(loss_fn)
+
+  def compute_loss(params, batch, dropout_rng, step, frozen):
     q, d, hard = embed_batch(model, params, batch, dropout_rng=dropout_rng)
     extra = {}
     if use_ids_for_masking and "left_ids" in batch:
@@ -71,13 +87,17 @@ def make_train_step(model: DualEncoder, optimizer: optax.GradientTransformation,
       # The pipeline pads absent hard negatives with all-zero token rows; they are no negatives.
       extra["hard_negative_mask"] = jnp.any(
           batch["right_negative_encoder_input_tokens"] != PAD_ID, axis=-1)
-    loss = loss_fn(q, d, hard_negatives=hard, **extra)
-    return loss, losses.contrastive_metrics(q, d)
+    for name, value in (("step", step), ("batch", batch), ("frozen", frozen)):
+      if name in accepted:
+        extra[name] = value
+    out = loss_fn(q, d, hard_negatives=hard, **extra)
+    loss, loss_metrics = out if isinstance(out, tuple) else (out, {})
+    return loss, dict(losses.contrastive_metrics(q, d), **loss_metrics)
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, frozen=None):
     dropout_rng = jax.random.fold_in(base_rng, state.step)
     (loss, metrics), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-        state.params, batch, dropout_rng)
+        state.params, batch, dropout_rng, state.step, frozen)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
@@ -87,7 +107,7 @@ def make_train_step(model: DualEncoder, optimizer: optax.GradientTransformation,
   return train_step
 
 
-def init_params(model: DualEncoder, rng: jax.Array,
+def init_params(model, rng: jax.Array,
                 feature_shapes: Mapping[str, Tuple[int, ...]]) -> Any:
   """Fresh boxed params (`nn.LogicallyPartitioned` leaves) for `feature_shapes`' inputs."""
   q = jnp.ones(feature_shapes["left_encoder_input_tokens"], jnp.int32)

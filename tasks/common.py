@@ -7,20 +7,21 @@ used, not at import: every built-in task can be registered before its data exist
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Optional
 
 import gin
 
+from dualenc import fs
+
 
 @gin.configurable
-def data_root(path: Optional[str] = None) -> pathlib.Path:
+def data_root(path: Optional[str] = None):
   """Directory holding the datasets' folders (scifact/, cranfield/, msmarco-passage/, ...)."""
   path = path or os.environ.get("DUALENC_DATA_DIR")
   if not path:
     raise ValueError("built-in dualenc tasks read their data under a root directory: set "
                      "DUALENC_DATA_DIR or bind tasks.common.data_root.path")
-  return pathlib.Path(path).expanduser()
+  return fs.path(path)  # local or gs://
 
 
 def under_root(*parts: str):

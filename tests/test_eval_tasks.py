@@ -11,7 +11,7 @@ import pytest
 import pytrec_eval
 from flax import linen as nn
 
-from dualenc import checkpoints, encoders, evaluate, towers
+from dualenc import checkpoints, cli, encoders, evaluate, towers
 from dualenc import search as search_cli
 from dualenc import train_state as ts
 from dualenc.data import records, registry, vocabularies
@@ -81,7 +81,7 @@ def trained(shared_data_dir, tmp_path_factory):
 
 
 def run_cli(args, capsys):
-  code = evaluate.main([str(a) for a in args] + ["--no_progress"])
+  code = cli.report_bad_input(evaluate.main, [str(a) for a in args] + ["--no_progress"])
   captured = capsys.readouterr()
   return code, captured.out, captured.err
 

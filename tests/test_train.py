@@ -86,7 +86,14 @@ def test_tiny_run_logs_every_step_and_writes_its_config(tmp_path):
   assert 0 < record["mfu"] < 1
   config = (tmp_path / "run" / "config.gin").read_text()
   assert "BATCH_SIZE = 8" in config and "train.loss_fn = @samtone" in config
-  assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+  # TensorBoard reads the event file (its own loader) and sees the logged values.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  (events,) = (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*")
+  board = event_accumulator.EventAccumulator(str(events))
+  board.Reload()
+  logged = [(e.step, e.value) for e in board.Scalars("loss")]
+  assert [s for s, _ in logged] == list(range(1, 9))
+  np.testing.assert_allclose([v for _, v in logged], [losses[s] for s in range(1, 9)], rtol=1e-6)
   assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()) == [4, 8]
 
 
@@ -259,3 +266,27 @@ def test_a_different_config_never_overwrites_the_earlier_one(tmp_path):
   assert path.read_text() == "A = 2\n"
   assert (tmp_path / "config.gin.1").read_text() == "A = 1\n"
   assert not (tmp_path / "config.gin.2").exists()
+
+
+def test_periodic_and_cli_evaluation_of_a_checkpoint_agree_under_the_runs_eval_settings(
+    tmp_path, capsys):
+  """EVAL_FEATURE_LENGTHS lives in the run's config.gin, so the trainer's evaluation and
+  `dualenc.evaluate --checkpoint` encode the same way and report the same numbers."""
+  from dualenc import cli, evaluate  # pylint: disable=g-import-not-at-top
+  lengths = "--gin.EVAL_FEATURE_LENGTHS={'inputs': 8, 'targets': 24}"
+  _train_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=4", "--gin.train.eval_every_steps=4",
+                    lengths)
+  periodic = json.loads((tmp_path / "run" / "eval" / "4" / "dualenc_default" /
+                         "metrics.json").read_text())
+  assert (periodic["settings"]["query_max_length"],
+          periodic["settings"]["document_max_length"]) == (8, 24)
+  assert "EVAL_FEATURE_LENGTHS = {'inputs': 8, 'targets': 24}" in (
+      tmp_path / "run" / "config.gin").read_text()
+  code = cli.report_bad_input(evaluate.main, [
+      f"--checkpoint={tmp_path / 'run' / 'checkpoints' / '4'}", "--no_progress",
+      f"--output_dir={tmp_path / 'cli'}"])
+  assert code == 0, capsys.readouterr().err
+  again = json.loads((tmp_path / "cli" / "dualenc_default" / "metrics.json").read_text())
+  assert again["settings"] == periodic["settings"]
+  for name in ("ndcg@10", "mrr@10", "p@1", "recall@100", "map"):
+    assert again[name] == periodic[name], name

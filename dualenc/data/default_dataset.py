@@ -1,6 +1,8 @@
 """The embedded default dataset: (docstring summary -> rest of the docstring) pairs mined from
 the Python standard library of the running interpreter, so the main job trains offline.
 
+  python -m dualenc.data.default_dataset      # builds it (or finds it) and prints the manifest
+
 Built on first use in seconds into `$DUALENC_CACHE/default_dataset/<key>/` (default
 `~/.cache/dualenc/...`), where <key> hashes the builder version, the Python version and the
 bytes of every stdlib file read: the same interpreter gives byte-identical files on every
@@ -24,6 +26,10 @@ once (case-insensitive) drops every pair that has it.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # run as dualenc.X, not __main__: see dualenc/cli.py
+  from dualenc import cli
+  cli.run_program(__spec__.name)
 
 import ast
 import hashlib
@@ -202,7 +208,11 @@ def manifest(directory) -> dict:
   return json.loads((pathlib.Path(directory) / "manifest.json").read_text())
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+  """`python -m dualenc.data.default_dataset`: builds (or finds) the dataset, prints where and
+  its manifest."""
+  del argv
   built = build()
   print(built)
   print(json.dumps(manifest(built), indent=2))
+  return 0

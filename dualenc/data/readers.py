@@ -29,7 +29,6 @@ Where a format has no ids, the text is its own id.
 from __future__ import annotations
 
 import functools
-import pathlib
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from dualenc.data.jsonl_readers import JsonlDataset, MultiReQADataset
@@ -175,7 +174,7 @@ class MsMarcoDataset(RetrievalDataset):
     errors.log_summary(str(self.directory / "collection.tsv"))
     return docs, errors.skipped
 
-  def _queries_file(self, split: str) -> Optional[pathlib.Path]:
+  def _queries_file(self, split: str):
     """queries.<split>.tsv, else the longest dotted prefix: split 'train.full.2' (from
     qidpidtriples.train.full.2.tsv) reads queries.train.tsv."""
     parts = split.split(".")

@@ -16,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pathlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+
+from dualenc import fs
 
 BAD_RECORD_POLICIES = ("error", "warn")
 
@@ -103,10 +104,10 @@ def join_title(title: str, text: str) -> str:
 
 def read_jsonl(path, errors: RecordErrors) -> Iterator[Tuple[int, dict]]:
   """Yields (1-based line number, JSON object); blank lines are ignored."""
-  path = pathlib.Path(path)
+  path = fs.path(path)
   if not path.is_file():
     raise FileNotFoundError(f"data file not found: {path}")
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     for line_number, raw in enumerate(f, start=1):
       try:
         line = raw.decode("utf-8")
@@ -133,10 +134,10 @@ def read_tsv(path, errors: RecordErrors, min_fields: int, max_splits: int = -1,
   A first line starting with `header_prefix` is skipped; rows with fewer than `min_fields`
   fields are bad records.
   """
-  path = pathlib.Path(path)
+  path = fs.path(path)
   if not path.is_file():
     raise FileNotFoundError(f"data file not found: {path}")
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     for line_number, raw in enumerate(f, start=1):
       try:
         line = raw.decode("utf-8").rstrip("\r\n")
@@ -199,7 +200,7 @@ class RetrievalDataset:
   """Base: a directory of one format, parsed lazily, errors per `on_bad_record`."""
 
   def __init__(self, directory, on_bad_record: str = "error"):
-    self.directory = pathlib.Path(directory).expanduser()
+    self.directory = fs.path(directory)
     RecordErrors(on_bad_record)  # validates the policy name now, not at first read
     self.on_bad_record = on_bad_record
     if not self.directory.is_dir():

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
-import pathlib
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import gin
 import seqio
 
+from dualenc import fs
 from dualenc.data import preprocessors, readers, vocabularies
 from dualenc.data.records import EvalData
 from dualenc.data.sources import ExamplesSource
@@ -111,7 +110,7 @@ def register_dataset(name: str = gin.REQUIRED, directory: str = gin.REQUIRED,
   on_bad_record ('error' | 'warn'), fields / splits (JSONL formats), include_context
   (multireqa). Idempotent for identical arguments.
   """
-  directory = str(pathlib.Path(os.path.expanduser(directory)).resolve())
+  directory = str(fs.path(directory))
   options = _reader_options(format, {"on_bad_record": on_bad_record, "fields": fields,
                                      "splits": splits, "include_context": include_context})
   reader = readers.open_dataset(directory, format, **options)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pathlib
 from typing import Iterable, Optional, Sequence, Tuple
 
 import gin
@@ -27,6 +26,7 @@ import numpy as np
 import seqio
 import tensorflow_text as tf_text
 
+from dualenc import fs
 from dualenc.data.tf_cpu import tf
 
 PAD_ID = 0
@@ -75,7 +75,7 @@ class WordPieceVocabulary(seqio.Vocabulary):
 
   @functools.cached_property
   def tokens(self) -> Tuple[str, ...]:
-    path = pathlib.Path(self._vocab_path)
+    path = fs.path(self._vocab_path)
     if not path.is_file():
       raise FileNotFoundError(f"WordPiece vocabulary file not found: {path}")
     tokens = tuple(line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines())
@@ -217,10 +217,10 @@ def wordpiece_vocabulary(path: Optional[str] = None, lower_case: bool = True
 @functools.lru_cache(maxsize=None)
 def sentencepiece_vocabulary(path: str, extra_ids: int = 0) -> seqio.SentencePieceVocabulary:
   """seqio.SentencePieceVocabulary (T5: pad 0, eos 1, unk 2), with the file checked up front."""
-  if not path or not tf.io.gfile.exists(path):
+  if not path or not fs.path(path).is_file():
     raise FileNotFoundError(f"SentencePiece model file not found: {path!r} "
                             "(bind sentencepiece_vocabulary.path)")
-  return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  return seqio.SentencePieceVocabulary(fs.local_file(path), extra_ids=extra_ids)
 
 
 @gin.configurable

@@ -164,22 +164,28 @@ class BertEncoder(nn.Module):
 class BertMlmHead(nn.Module):
   """MLM head: hidden [B, L, embed] and the (tied) word embedder -> logits [B, L, vocab].
 
-  The transform kernel is named [embed, mlp] (not [embed, embed]) so one mesh axis is never
-  asked to shard both of its dimensions.
+  `transformed(hidden)` gives the states the decoder multiplies ([B, L, embed]), and
+  `output_bias` the decoder bias [vocab]: the sparse models pool logits chunk by chunk from them
+  without materialising [B, L, vocab]. The transform kernel is named [embed, mlp] (not
+  [embed, embed]) so one mesh axis is never asked to shard both of its dimensions.
   """
 
   config: BertConfig
 
-  @nn.compact
-  def __call__(self, hidden: jax.Array, word_embedder: layers.Embed) -> jax.Array:
+  def setup(self):
     cfg = self.config
-    x = _dense(cfg, cfg.d_model, ("embed", "mlp"), "transform")(hidden)
-    x = _layer_norm(cfg, "transform_norm")(activation(cfg.hidden_act)(x))
-    logits = word_embedder.attend(x)
-    output_bias = self.param(
+    self.transform = _dense(cfg, cfg.d_model, ("embed", "mlp"), None)
+    self.transform_norm = _layer_norm(cfg, None)
+    self.output_bias = self.param(
         "output_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
         (cfg.vocab_size,), layers.as_dtype(cfg.param_dtype))
-    logits = logits + jnp.asarray(output_bias, logits.dtype)
+
+  def transformed(self, hidden: jax.Array) -> jax.Array:
+    return self.transform_norm(activation(self.config.hidden_act)(self.transform(hidden)))
+
+  def __call__(self, hidden: jax.Array, word_embedder: layers.Embed) -> jax.Array:
+    logits = word_embedder.attend(self.transformed(hidden))
+    logits = logits + jnp.asarray(self.output_bias, logits.dtype)
     return layers.constrain(logits, ("batch", "length", "vocab"))
 
 

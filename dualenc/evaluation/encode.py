@@ -18,7 +18,9 @@ so that each core encodes its own shard: on 2 cores MiniLM encodes SciFact 1.25x
 sentence-transformers that way, 0.9x with the single default CPU device
 (`benchmarks/encode.py`).
 
-Embeddings are cached as `<cache_dir>/<name>.npy` + `<name>.json` (ids and a fingerprint of
+Sparse models' [N, V] term weights come back as a scipy CSR matrix (never [N, V] dense).
+Embeddings are cached as `<cache_dir>/<name>.npy` (CSR: scipy's npz format under the same
+name) + `<name>.json` (ids and a fingerprint of
 the model, tower, tokenization, dtype and texts); a cache whose fingerprint differs is
 recomputed, never silently reused.
 """
@@ -28,18 +30,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
-import pathlib
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import gin
 import jax
 import numpy as np
+import scipy.sparse
 from flax import linen as nn
 
+from dualenc import fs
 from dualenc import partitioning
 from dualenc.towers import DualEncoder
 
@@ -126,6 +130,8 @@ class TowerEncoder:
     self.data_shards = self.mesh.shape["data"]
     self._params = _place_params(model, params, self.mesh, rules)
     self._method = "encode_queries" if side == "query" else "encode_documents"
+    # Sparse models (dualenc.sparse) give [B, V] term weights, kept as CSR rows.
+    self.sparse = getattr(model, "architecture", None) == "sparse"
     self.shapes_seen: set = set()
     self.num_compilations = 0  # executables this tower caused to be compiled
 
@@ -255,6 +261,7 @@ def encode_texts(encoder: TowerEncoder, tokenizer: Callable[[Sequence[str]], Lis
   max_length = tokenizer.max_length
   buckets = length_buckets(max_length)
   outputs: Optional[np.ndarray] = None
+  sparse_parts: List[tuple] = []
   bar = _progress(len(texts), description, options.progress)
   pending: List[tuple] = []
 
@@ -262,10 +269,13 @@ def encode_texts(encoder: TowerEncoder, tokenizer: Callable[[Sequence[str]], Lis
     nonlocal outputs
     while len(pending) > keep:
       rows, result = pending.pop(0)
-      values = np.asarray(jax.device_get(result), np.float32)
-      if outputs is None:
-        outputs = np.zeros((len(texts), values.shape[1]), np.float32)
-      outputs[rows] = values[:len(rows)]
+      values = np.asarray(jax.device_get(result), np.float32)[:len(rows)]
+      if encoder.sparse:
+        sparse_parts.append((rows, scipy.sparse.csr_matrix(values)))
+      else:
+        if outputs is None:
+          outputs = np.zeros((len(texts), values.shape[1]), np.float32)
+        outputs[rows] = values
       bar.update(len(rows))
 
   for window_start in range(0, len(texts), options.sort_window):
@@ -291,6 +301,10 @@ def encode_texts(encoder: TowerEncoder, tokenizer: Callable[[Sequence[str]], Lis
       drain(keep=1)  # one batch in flight while the next is prepared
   drain(keep=0)
   bar.close()
+  if sparse_parts:
+    rows = np.concatenate([r for r, _ in sparse_parts])
+    stacked = scipy.sparse.vstack([m for _, m in sparse_parts], format="csr")
+    outputs = stacked[np.argsort(rows, kind="stable")]
   if outputs is None:  # no texts: the width is unknown without running the model
     raise ValueError(f"nothing to encode{' for ' + description if description else ''}: 0 texts")
   return outputs
@@ -336,7 +350,7 @@ def cached_encode(cache_dir: Optional[os.PathLike], name: str,
     raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
   if cache_dir is None or fingerprint is None:
     return encode()
-  cache_dir = pathlib.Path(cache_dir)
+  cache_dir = fs.path(cache_dir)
   meta = dict(fingerprint, texts_sha256=texts_fingerprint(ids, texts), count=len(ids))
   array_path, meta_path = cache_dir / f"{name}.npy", cache_dir / f"{name}.json"
   if array_path.is_file() and meta_path.is_file():
@@ -345,7 +359,9 @@ def cached_encode(cache_dir: Optional[os.PathLike], name: str,
     except json.JSONDecodeError:
       stored = None
     if stored and stored.get("fingerprint") == meta and stored.get("ids") == list(ids):
-      array = np.load(array_path)
+      with array_path.open("rb") as f:
+        array = (scipy.sparse.load_npz(f) if stored.get("sparse") else
+                 np.load(f, allow_pickle=False))
       if array.shape[0] == len(ids):
         log.info("embeddings of %s read from %s", name, array_path)
         return array
@@ -353,10 +369,14 @@ def cached_encode(cache_dir: Optional[os.PathLike], name: str,
                 "re-encoding", array_path)
   start = time.perf_counter()
   array = encode()
-  cache_dir.mkdir(parents=True, exist_ok=True)
-  tmp = cache_dir / f"{name}.tmp.npy"
-  np.save(tmp, array)
-  os.replace(tmp, array_path)
-  meta_path.write_text(json.dumps({"fingerprint": meta, "ids": list(ids),
-                                   "seconds": time.perf_counter() - start}))
+  buffer = io.BytesIO()
+  sparse = scipy.sparse.issparse(array)
+  if sparse:
+    scipy.sparse.save_npz(buffer, array.tocsr())
+  else:
+    np.save(buffer, array)
+  # The array first, its description last: a cache entry is valid only once both are written.
+  fs.write_bytes(array_path, buffer.getvalue())
+  fs.write_text(meta_path, json.dumps({"fingerprint": meta, "ids": list(ids), "sparse": sparse,
+                                       "seconds": time.perf_counter() - start}))
   return array

@@ -22,6 +22,7 @@ import numpy as np
 from flax import linen as nn
 
 from dualenc import convert
+from dualenc import fs
 from dualenc import towers
 from dualenc.evaluation import encode
 
@@ -49,11 +50,11 @@ class RetrievalModel:
     return self.query_tokenizer if side == "query" else self.document_tokenizer
 
 
-def _weights_identity(directory: pathlib.Path) -> Dict[str, Any]:
+def _weights_identity(directory) -> Dict[str, Any]:
   """Size and modification time of every weight file: cheap, and changes with the weights."""
-  files = sorted(p for p in directory.iterdir()
+  files = sorted(p for p in fs.path(directory).iterdir()
                  if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
-  return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+  return {p.name: fs.identity(p) for p in files}
 
 
 def from_hf_checkpoint(path, *, dtype: str = "float32", max_length: Optional[int] = None,
@@ -66,15 +67,30 @@ def from_hf_checkpoint(path, *, dtype: str = "float32", max_length: Optional[int
   normalised, and the model's maximum positions (512 for T5). Arguments override either.
   Raises convert.CheckpointError for unsupported or malformed checkpoints.
   """
-  directory = pathlib.Path(path).expanduser().resolve()
-  if not directory.is_dir():
-    raise convert.CheckpointError(f"--hf_checkpoint {directory}: directory not found")
+  source_dir = fs.path(path)
+  if not source_dir.is_dir():
+    raise convert.CheckpointError(f"--hf_checkpoint {source_dir}: directory not found")
+  with fs.local_copy(source_dir) as directory:
+    model, params, tokenizer, settings, weights_subdir = _load_hf(directory, dtype, max_length,
+                                                                  pooling, normalize)
+  text_tokenizer = encode.HfTokenizer(tokenizer, settings["max_length"])
+  fingerprint = {"kind": "hf", "path": str(source_dir),
+                 "weights": _weights_identity(source_dir / weights_subdir), **settings,
+                 "dtype": dtype, "tokenizer": text_tokenizer.fingerprint}
+  source = {"hf_checkpoint": str(source_dir), "dtype": dtype, **settings}
+  return RetrievalModel(model, params, text_tokenizer, text_tokenizer, fingerprint, source)
+
+
+def _load_hf(directory: pathlib.Path, dtype: str, max_length: Optional[int],
+             pooling: Optional[str], normalize: Optional[bool]):
+  """(model, params, tokenizer, {pooling, normalize, max_length}, weights subdirectory) of a
+  local Hugging Face / sentence-transformers directory."""
   if (directory / "modules.json").is_file():
     st = convert.load_sentence_transformer(directory, dtype=dtype)
     module, variables, tokenizer = st.module, st.variables, st.tokenizer
     st_pooling, st_normalize, st_length = st.pooling_mode, st.normalize, st.max_seq_length
-    weights_dir = directory / (json.loads((directory / "modules.json").read_text())[0]
-                               .get("path", "") or ".")
+    weights_subdir = (json.loads((directory / "modules.json").read_text())[0]
+                      .get("path", "") or ".")
   else:
     module, variables = convert.from_huggingface(directory, dtype)
     tokenizer_path = directory / "tokenizer.json"
@@ -85,7 +101,7 @@ def from_hf_checkpoint(path, *, dtype: str = "float32", max_length: Optional[int
     tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
     st_pooling, st_normalize = "mean", True
     st_length = getattr(module.config, "max_position_embeddings", 512)
-    weights_dir = directory
+    weights_subdir = "."
   pooling = pooling or st_pooling
   if pooling not in _POOLINGS:
     raise convert.CheckpointError(f"{directory}: pooling {pooling!r} is not supported by "
@@ -97,14 +113,8 @@ def from_hf_checkpoint(path, *, dtype: str = "float32", max_length: Optional[int
     raise ValueError(f"max_length {max_length} exceeds the model's {limit} positions")
   model = towers.DualEncoder(encoder_config=module.config, architecture="sde",
                              pooling=_POOLINGS[pooling], embedding_dim=None, normalize=normalize)
-  text_tokenizer = encode.HfTokenizer(tokenizer, max_length)
-  fingerprint = {"kind": "hf", "path": str(directory), "weights": _weights_identity(weights_dir),
-                 "pooling": pooling, "normalize": normalize, "max_length": max_length,
-                 "dtype": dtype, "tokenizer": text_tokenizer.fingerprint}
-  source = {"hf_checkpoint": str(directory), "dtype": dtype, "max_length": max_length,
-            "pooling": pooling, "normalize": normalize}
-  return RetrievalModel(model, {"encoder": variables["params"]}, text_tokenizer, text_tokenizer,
-                        fingerprint, source)
+  settings = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
+  return model, {"encoder": variables["params"]}, tokenizer, settings, weights_subdir
 
 
 def with_compute_dtype(model: towers.DualEncoder, dtype: str) -> towers.DualEncoder:
@@ -120,16 +130,13 @@ def abstract_params(model: towers.DualEncoder) -> Any:
   return nn.unbox(shapes)["params"]
 
 
-def _checkpoint_param_shapes(state_dir: pathlib.Path) -> Dict[str, tuple]:
+def _checkpoint_param_shapes(step_dir) -> Dict[str, tuple]:
   """'/'-joined parameter path -> shape, read from the checkpoint's metadata (no data)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from dualenc import checkpoints  # pylint: disable=g-import-not-at-top
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  metadata = ocp.StandardCheckpointer().metadata(state_dir)
-  tree = getattr(metadata, "item_metadata", metadata)
-  tree = getattr(tree, "tree", tree)
-  params = tree["params"] if isinstance(tree, Mapping) and "params" in tree else None
+  params = checkpoints.params_metadata(step_dir)
   if params is None:
-    raise ValueError(f"{state_dir}: the checkpoint has no 'params' (not a dualenc train state)")
+    raise ValueError(f"{step_dir}: the checkpoint has no 'params' (not a dualenc train state)")
   flat = traverse_util.flatten_dict(_to_dict(params), sep="/")
   return {k: tuple(getattr(v, "shape", ())) for k, v in flat.items()}
 
@@ -147,15 +154,10 @@ def restore_params(model: towers.DualEncoder, checkpoint_dir) -> Any:
   checkpoint was trained with another architecture or encoder size than gin now builds.
   """
   from dualenc import checkpoints  # pylint: disable=g-import-not-at-top
-  step_dir = pathlib.Path(checkpoint_dir).expanduser().resolve()
-  state_dir = step_dir / "state"
-  if not state_dir.is_dir():
-    raise checkpoints.CheckpointError(
-        f"--checkpoint {step_dir}: not a dualenc checkpoint step directory (expected "
-        f"{state_dir}; pass MODEL_DIR/checkpoints/<step>)")
+  step_dir = fs.path(checkpoint_dir)
   expected = abstract_params(model)
   problem = encode.describe_mismatch(encode.flat_shapes(expected),
-                                     _checkpoint_param_shapes(state_dir), "gin model",
+                                     _checkpoint_param_shapes(step_dir), "gin model",
                                      "checkpoint")
   if problem:
     raise ValueError(
@@ -164,7 +166,7 @@ def restore_params(model: towers.DualEncoder, checkpoint_dir) -> Any:
         f"{type(model.encoder_config).__name__}.d_model={model.encoder_config.d_model}, "
         f"embedding_dim={model.embedding_dim}): {problem}. Pass the gin files the checkpoint "
         "was trained with (MODEL_DIR/config.gin).")
-  return checkpoints.restore_params(str(step_dir), expected)
+  return checkpoints.restore_params(step_dir, expected)
 
 
 def from_dualenc_checkpoint(model: towers.DualEncoder, checkpoint_dir, vocabulary,
@@ -183,21 +185,19 @@ def from_dualenc_checkpoint(model: towers.DualEncoder, checkpoint_dir, vocabular
   fingerprint = None
   if params is None:
     params = restore_params(model, checkpoint_dir)
-    step_dir = pathlib.Path(checkpoint_dir).expanduser().resolve()
+    step_dir = fs.path(checkpoint_dir)
     fingerprint = {"kind": "dualenc", "checkpoint": str(step_dir),
                    "files": _weights_identity_tree(step_dir), "architecture": model.architecture,
                    "dtype": model.encoder_config.dtype, "vocabulary": repr(vocabulary),
                    "lengths": [feature_lengths["inputs"], feature_lengths["targets"]]}
-  source = {"dualenc_checkpoint": str(checkpoint_dir) if checkpoint_dir else None}
+  source = {"dualenc_checkpoint": str(fs.path(checkpoint_dir)) if checkpoint_dir else None}
   return RetrievalModel(
       model, params, encode.SeqioTokenizer(vocabulary, int(feature_lengths["inputs"])),
       encode.SeqioTokenizer(vocabulary, int(feature_lengths["targets"])), fingerprint, source)
 
 
-def _weights_identity_tree(step_dir: pathlib.Path) -> str:
+def _weights_identity_tree(step_dir) -> str:
   digest = hashlib.sha256()
-  for p in sorted(step_dir.rglob("*")):
-    if p.is_file():
-      digest.update(f"{p.relative_to(step_dir)}:{p.stat().st_size}:{p.stat().st_mtime_ns};"
-                    .encode())
+  for relative, item in fs.files_under(step_dir):
+    digest.update(f"{relative}:{fs.identity(item)};".encode())
   return digest.hexdigest()

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pathlib
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import pytrec_eval
+
+from dualenc import fs
 
 Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Mapping[str, float]]
@@ -113,24 +113,20 @@ def macro_average(per_task: Mapping[str, Mapping[str, float]]) -> Metrics:
 
 def write_trec_run(path, run: Run, tag: str = "dualenc") -> None:
   """TREC run file: `qid Q0 docid rank score tag`, ranks from 1 in trec_eval's order."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
+  path = fs.path(path)
   for name in [tag] + [d for docs in run.values() for d in docs] + list(run):
     if any(c.isspace() for c in name) or not name:
       raise ValueError(f"{path}: id or tag {name!r} is empty or contains whitespace; a TREC "
                        "run file cannot hold it")
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    for qid, docs in run.items():
-      for rank, (did, score) in enumerate(ranked(docs), start=1):
-        f.write(f"{qid} Q0 {did} {rank} {score!r} {tag}\n")  # repr: exact round trip
-  os.replace(tmp, path)
+  lines = [f"{qid} Q0 {did} {rank} {score!r} {tag}\n"  # repr: exact round trip
+           for qid, docs in run.items() for rank, (did, score) in enumerate(ranked(docs), 1)]
+  fs.write_text(path, "".join(lines))
 
 
 def read_trec_run(path) -> Dict[str, Dict[str, float]]:
   """Inverse of `write_trec_run` (any whitespace-separated six-column TREC run file)."""
   run: Dict[str, Dict[str, float]] = {}
-  with open(path, encoding="utf-8") as f:
+  with fs.path(path).open("r") as f:
     for line_number, line in enumerate(f, start=1):
       fields = line.split()
       if not fields:
@@ -144,12 +140,7 @@ def read_trec_run(path) -> Dict[str, Dict[str, float]]:
 
 def write_json(path, payload: Mapping) -> None:
   """Pretty, key-sorted JSON written atomically (NaN written as null)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(_nan_to_none(payload), indent=2, sort_keys=True) + "\n",
-                 encoding="utf-8")
-  os.replace(tmp, path)
+  fs.write_text(path, json.dumps(_nan_to_none(payload), indent=2, sort_keys=True) + "\n")
 
 
 def _nan_to_none(value):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import pathlib
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -30,6 +29,7 @@ import gin
 import jax
 import numpy as np
 
+from dualenc import fs
 from dualenc.evaluation import encode
 from dualenc.evaluation import loading
 from dualenc.evaluation import metrics as metrics_lib
@@ -139,6 +139,14 @@ class ModelEncoders:
     self.towers = {side: encode.TowerEncoder(retrieval_model.model, retrieval_model.params,
                                              side, mesh) for side in encode.SIDES}
 
+  def settings(self) -> Dict[str, Any]:
+    """How texts become embeddings: the maximum tokens per tower and the compute dtype
+    (recorded in metrics.json: evaluations of one checkpoint agree only under equal settings)."""
+    model = self.retrieval_model
+    return {"query_max_length": model.query_tokenizer.max_length,
+            "document_max_length": model.document_tokenizer.max_length,
+            "dtype": str(model.model.encoder_config.dtype)}
+
   def encode(self, side: str, ids: Sequence[str], texts: Sequence[str], *,
              cache_dir=None, cache_name: str = "") -> np.ndarray:
     tokenizer = self.retrieval_model.tokenizer(side)
@@ -188,20 +196,22 @@ def evaluate_retrieval(encoders: ModelEncoders, data, *, name: str = "task",
                  metadata={"model": encoders.retrieval_model.source, "task": name}
                  ).save(index_dir)
   if output_dir is not None and jax.process_index() == 0:
-    write_task_outputs(result, output_dir, options, getattr(searcher, "settings", {}))
+    write_task_outputs(result, output_dir, options, getattr(searcher, "settings", {}),
+                       encoders.settings())
   return result
 
 
 def write_task_outputs(result: TaskResult, output_dir, options: RetrievalOptions,
-                       searcher_settings: Mapping[str, Any]) -> None:
-  """metrics.json (metrics at the top level, plus counts and settings), run.trec,
-  per_query.json."""
-  output_dir = pathlib.Path(output_dir)
+                       searcher_settings: Mapping[str, Any],
+                       encode_settings: Mapping[str, Any]) -> None:
+  """metrics.json (metrics at the top level, plus counts and settings: searcher, lengths,
+  dtype), run.trec, per_query.json."""
+  output_dir = fs.path(output_dir)
   payload = dict(result.metrics)
   payload.update(task=result.name, num_queries=result.counts["queries"],
                  counts=result.counts, seconds=result.seconds,
-                 settings={**dataclasses.asdict(options), "searcher_settings":
-                           dict(searcher_settings)})
+                 settings={**dataclasses.asdict(options), **encode_settings,
+                           "searcher_settings": dict(searcher_settings)})
   metrics_lib.write_json(output_dir / "metrics.json", payload)
   metrics_lib.write_json(output_dir / "per_query.json", result.per_query)
   metrics_lib.write_trec_run(output_dir / "run.trec", result.run, tag=f"dualenc-{result.name}")
@@ -256,7 +266,7 @@ def evaluate_tasks(model, params, mixture_or_task_names: Union[str, Sequence[str
     cache_dir: embedding cache; leave None during training (params change every call).
     encoders: prepared towers (the CLI's, or reused across calls with the same params); then
       model, params, vocabulary and mesh are unused.
-    index_dir: save each task's index under `<index_dir>/<task>`.
+    index_dir: save the task's index there; with several tasks, each under `<index_dir>/<task>`.
   Returns:
     {task: {metric: value}, ..., 'macro_average': {metric: value}} (unweighted over tasks).
   """
@@ -268,15 +278,17 @@ def evaluate_tasks(model, params, mixture_or_task_names: Union[str, Sequence[str
     encoders = ModelEncoders(retrieval_model, mesh, encode_options)
   results: Dict[str, Dict[str, float]] = {}
   for task in tasks:
-    task_dir = pathlib.Path(output_dir) / task if output_dir is not None else None
+    task_dir = fs.path(output_dir) / task if output_dir is not None else None
+    task_index = None
+    if index_dir:
+      task_index = fs.path(index_dir) / task if len(tasks) > 1 else fs.path(index_dir)
     result = evaluate_retrieval(encoders, registry.eval_data(task, split), name=task,
                                 options=options, scann_config=scann_config,
-                                cache_dir=cache_dir, output_dir=task_dir,
-                                index_dir=pathlib.Path(index_dir) / task if index_dir else None)
+                                cache_dir=cache_dir, output_dir=task_dir, index_dir=task_index)
     results[task] = result.metrics
   results[MACRO_AVERAGE] = metrics_lib.macro_average(results)
   if output_dir is not None and jax.process_index() == 0:
-    metrics_lib.write_json(pathlib.Path(output_dir) / "metrics.json",
+    metrics_lib.write_json(fs.path(output_dir) / "metrics.json",
                            {"split": split, "tasks": {t: results[t] for t in tasks},
                             MACRO_AVERAGE: results[MACRO_AVERAGE]})
   return results

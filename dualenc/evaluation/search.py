@@ -23,17 +23,20 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import pathlib
-import shutil
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dualenc import fs
+
 SEARCHERS = ("exact", "scann")
 INDEX_FORMAT_VERSION = 1
+_SCANN_PICKLE = "scann_docids.pkl"
 
 
 def _check_embeddings(array: np.ndarray, what: str) -> np.ndarray:
@@ -256,17 +259,74 @@ class ScannSearcher:
     return scores, indices
 
   def serialize(self, directory: pathlib.Path) -> None:
+    """ScaNN's assets into a local directory, their paths stored relative to it (so the index
+    can be moved, uploaded or given as a relative path)."""
     directory.mkdir(parents=True, exist_ok=True)
-    self._searcher.serialize(str(directory))
+    self._searcher.serialize(str(directory), relative_path=True)
 
   @classmethod
   def load(cls, directory: pathlib.Path, settings: Dict[str, object]) -> "ScannSearcher":
+    if (directory / _SCANN_PICKLE).exists():
+      # ScaNN would unpickle it (running code from the index); dualenc never writes one.
+      raise ValueError(f"{directory / _SCANN_PICKLE}: refusing to load a pickle from an index")
     return cls(None, _loaded=_scann().load_searcher(str(directory)), _settings=settings)
 
 
-def make_searcher(kind: str, doc_embeddings: np.ndarray, k: int,
+class SparseExactSearcher:
+  """Exact top-k over sparse [N, V] document vectors (scipy CSR): a sparse product per block
+  of queries, then argpartition. Equal scores go to the lower document index, as in
+  ExactSearcher. (The inverted-index engines for large corpora are issue 11's.)"""
+
+  kind = "sparse_exact"
+
+  def __init__(self, doc_vectors, *, query_block: int = 256):
+    import scipy.sparse  # pylint: disable=g-import-not-at-top
+    docs = scipy.sparse.csr_matrix(doc_vectors, dtype=np.float32)
+    if not docs.shape[0]:
+      raise ValueError("cannot search an empty corpus (0 document vectors)")
+    if not np.all(np.isfinite(docs.data)):
+      raise ValueError("document vectors contain NaN or infinity")
+    self.embeddings, self._transposed = docs, docs.T.tocsr()
+    self.num_docs, self.dim = docs.shape
+    self._query_block = query_block
+
+  def search(self, queries, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """queries [Q, V] (CSR or dense) -> (scores [Q, k'], indices [Q, k'] int64), k' = min(k, N)."""
+    import scipy.sparse  # pylint: disable=g-import-not-at-top
+    queries = scipy.sparse.csr_matrix(queries, dtype=np.float32)
+    if queries.shape[1] != self.dim:
+      raise ValueError(f"query dimension {queries.shape[1]} != document dimension {self.dim}")
+    k = min(int(k), self.num_docs)
+    if k < 1:
+      raise ValueError(f"k must be >= 1, got {k}")
+    scores_out = np.zeros((queries.shape[0], k), np.float32)
+    indices_out = np.zeros((queries.shape[0], k), np.int64)
+    for start in range(0, queries.shape[0], self._query_block):
+      block = (queries[start:start + self._query_block] @ self._transposed).toarray()
+      top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < self.num_docs else (
+          np.tile(np.arange(self.num_docs), (len(block), 1)))
+      for row, candidates in enumerate(top):
+        values = block[row, candidates]
+        # The k-th score may tie with documents argpartition left out: take every document
+        # scoring at least that much, then order by score desc, index asc.
+        threshold = values.min()
+        tied = np.flatnonzero(block[row] >= threshold)
+        order = np.lexsort((tied, -block[row, tied]))[:k]
+        indices_out[start + row] = tied[order]
+        scores_out[start + row] = block[row, tied[order]]
+    return scores_out, indices_out
+
+
+def make_searcher(kind: str, doc_embeddings, k: int,
                   scann_config: Optional[ScannConfig] = None):
-  """'exact' -> ExactSearcher, 'scann' -> ScannSearcher (gin's ScannConfig() by default)."""
+  """'exact' -> ExactSearcher (SparseExactSearcher for sparse vectors), 'scann' ->
+  ScannSearcher (gin's ScannConfig() by default)."""
+  import scipy.sparse  # pylint: disable=g-import-not-at-top
+  if scipy.sparse.issparse(doc_embeddings):
+    if kind != "exact":
+      raise ValueError(f"searcher {kind!r} is for dense embeddings; sparse vectors are searched "
+                       "exactly (searcher='exact')")
+    return SparseExactSearcher(doc_embeddings)
   if kind == "exact":
     return ExactSearcher(doc_embeddings)
   if kind == "scann":
@@ -286,8 +346,8 @@ def retrieve(searcher, query_embeddings: np.ndarray, query_ids: Sequence[str],
   drop_self_hits: remove a hit whose doc id equals the query id (BEIR's convention for
   ArguAna and Quora, where queries are also documents); k + 1 are fetched so k remain.
   """
-  if len(query_ids) != len(query_embeddings):
-    raise ValueError(f"{len(query_ids)} query ids for {len(query_embeddings)} embeddings")
+  if len(query_ids) != query_embeddings.shape[0]:
+    raise ValueError(f"{len(query_ids)} query ids for {query_embeddings.shape[0]} embeddings")
   scores, indices = searcher.search(query_embeddings, k + 1 if drop_self_hits else k)
   run: Dict[str, Dict[str, float]] = {}
   for qid, row_scores, row_indices in zip(query_ids, scores, indices):
@@ -326,46 +386,63 @@ class Index:
     return [[(self.doc_ids[i], float(s)) for s, i in zip(srow, irow) if i >= 0]
             for srow, irow in zip(scores.tolist(), indices.tolist())]
 
-  def save(self, directory) -> pathlib.Path:
-    directory = pathlib.Path(directory)
-    if directory.exists():
-      shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    settings = {}
-    if self.searcher.kind == "exact":
-      np.save(directory / "embeddings.npy", self.searcher.embeddings)
-    else:
-      self.searcher.serialize(directory / "scann")
-      settings = self.searcher.settings
-    (directory / "doc_ids.json").write_text(json.dumps(self.doc_ids))
-    if self.doc_texts is not None:
-      (directory / "doc_texts.json").write_text(json.dumps(self.doc_texts))
-    (directory / "index.json").write_text(json.dumps(
-        {"format_version": INDEX_FORMAT_VERSION, "kind": self.searcher.kind,
-         "num_docs": self.searcher.num_docs, "dim": self.searcher.dim, "settings": settings,
-         "metadata": self.metadata}, indent=2, sort_keys=True))
+  def save(self, directory) -> Any:
+    """Writes the index to `directory` (local or gs://); an index already there is replaced
+    only once the new one is complete."""
+    directory = fs.path(directory)
+    with fs.staged_directory(directory) as staging:
+      settings = {}
+      if self.searcher.kind == "exact":
+        np.save(staging / "embeddings.npy", self.searcher.embeddings)
+      elif self.searcher.kind == "sparse_exact":
+        import scipy.sparse  # pylint: disable=g-import-not-at-top
+        scipy.sparse.save_npz(staging / "vectors.npz", self.searcher.embeddings)
+      else:
+        self.searcher.serialize(staging / "scann")
+        settings = self.searcher.settings
+      (staging / "doc_ids.json").write_text(json.dumps(self.doc_ids))
+      if self.doc_texts is not None:
+        (staging / "doc_texts.json").write_text(json.dumps(self.doc_texts))
+      (staging / "index.json").write_text(json.dumps(
+          {"format_version": INDEX_FORMAT_VERSION, "kind": self.searcher.kind,
+           "num_docs": self.searcher.num_docs, "dim": self.searcher.dim, "settings": settings,
+           "metadata": self.metadata}, indent=2, sort_keys=True))
     return directory
 
   @classmethod
   def load(cls, directory) -> "Index":
-    directory = pathlib.Path(directory)
+    directory = fs.path(directory)
     meta_path = directory / "index.json"
     if not meta_path.is_file():
+      inside = sorted(p.name for p in directory.iterdir()
+                      if (p / "index.json").is_file()) if directory.is_dir() else []
+      if inside:
+        raise FileNotFoundError(
+            f"{directory} holds one index per task ({', '.join(inside)}); pass "
+            f"--index_dir={directory / inside[0]} (or another of them)")
       raise FileNotFoundError(f"{directory}: not a dualenc index (no index.json)")
-    meta = json.loads(meta_path.read_text())
+    with fs.local_copy(directory) as local:
+      return cls._load_local(local, os.fspath(meta_path))
+
+  @classmethod
+  def _load_local(cls, directory: pathlib.Path, where: str) -> "Index":
+    meta = json.loads((directory / "index.json").read_text())
     if meta.get("format_version") != INDEX_FORMAT_VERSION:
-      raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r}, this "
+      raise ValueError(f"{where}: format_version {meta.get('format_version')!r}, this "
                        f"dualenc reads {INDEX_FORMAT_VERSION}")
     if meta["kind"] == "exact":
-      searcher = ExactSearcher(np.load(directory / "embeddings.npy"))
+      searcher = ExactSearcher(np.load(directory / "embeddings.npy", allow_pickle=False))
+    elif meta["kind"] == "sparse_exact":
+      import scipy.sparse  # pylint: disable=g-import-not-at-top
+      searcher = SparseExactSearcher(scipy.sparse.load_npz(directory / "vectors.npz"))
     elif meta["kind"] == "scann":
       searcher = ScannSearcher.load(directory / "scann", meta["settings"])
     else:
-      raise ValueError(f"{meta_path}: unknown index kind {meta['kind']!r}")
+      raise ValueError(f"{where}: unknown index kind {meta['kind']!r}")
     doc_ids = json.loads((directory / "doc_ids.json").read_text())
     texts_path = directory / "doc_texts.json"
     texts = json.loads(texts_path.read_text()) if texts_path.is_file() else None
     if len(doc_ids) != searcher.num_docs:
-      raise ValueError(f"{directory}: doc_ids.json has {len(doc_ids)} ids for an index of "
+      raise ValueError(f"{where}: doc_ids.json has {len(doc_ids)} ids for an index of "
                        f"{searcher.num_docs} documents")
     return cls(searcher, doc_ids, texts, meta.get("metadata"))
