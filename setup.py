@@ -28,6 +28,10 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "sentencepiece==0.2.3",
     "pytrec-eval-terrier==0.5.11",
+    # BM25 (baseline, teacher, hard-negative mining) with Snowball stemming.
+    "bm25s==0.3.16",
+    "PyStemmer==3.1.0",
+    "scipy==1.17.1",
     "matplotlib==3.11.2",
     "scikit-learn==1.9.1",
     "tqdm==4.70.1",

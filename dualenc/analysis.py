@@ -199,6 +199,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   setup = evaluate.prepare(args, bindings, parser, task=args.task)
   name, load = next(iter(setup.tasks.items()))
   encoders = setup.encoders
+  if getattr(setup.retrieval_model.model, "architecture", "") == "sparse":
+    parser.error("the embedding-space figures are for dense towers; a sparse model's "
+                 "efficiency figures (doc_nnz, query_nnz, flops) are in dualenc.evaluate's "
+                 "metrics.json")
   from dualenc.evaluation import retrieval  # pylint: disable=g-import-not-at-top
   checked = retrieval.check_eval_data(load(), name)
   cache_dir = evaluate.cache_dir_of(args, fs.path(args.output_dir))

@@ -47,14 +47,18 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_state: Any, *, force: bool = False) -> bool:
     """Saves when `step` is a multiple of the interval (or `force`); returns whether a save
     was started."""
-    if step in self._manager.all_steps():
-      return False  # never overwrite a finished step
-    if not force and step % self.save_interval_steps:
+    if not self.due(step, force=force):
       return False
     return self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       data_iterator=ocp.args.JsonSave(data_state)),
         force=True)
+
+  def due(self, step: int, *, force: bool = False) -> bool:
+    """Whether `save(step, force=force)` would save."""
+    if step in self._manager.all_steps():
+      return False  # never overwrite a finished step
+    return force or step % self.save_interval_steps == 0
 
   def wait(self) -> None:
     """Blocks until pending async saves are committed to disk."""
@@ -95,6 +99,20 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def step_directory(path) -> Any:
+  """`MODEL_DIR/checkpoints/<step>` as given, or for a MODEL_DIR its newest finished step."""
+  path = fs.path(path)
+  if (path / "state").exists() or not (path / "checkpoints").exists():
+    return path
+  # Orbax renames a finished local step into place; on object stores it marks it committed.
+  finished = lambda p: p.name.isdigit() and (
+      (p / "commit_success.txt").exists() if fs.is_remote(p) else (p / "state").exists())
+  steps = sorted(int(p.name) for p in (path / "checkpoints").iterdir() if finished(p))
+  if not steps:
+    raise CheckpointError(f"{path}/checkpoints holds no finished checkpoint")
+  return path / "checkpoints" / str(steps[-1])
 
 
 def _state_dir(checkpoint_dir) -> Any:

@@ -66,6 +66,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import gin
 
+from dualenc import checkpoints
 from dualenc import fs
 from dualenc import gin_utils
 from dualenc import partitioning
@@ -79,7 +80,6 @@ log = logging.getLogger("dualenc.evaluate")
 
 # BEIR datasets whose queries are also corpus documents: a query's own id is not a hit.
 SELF_HIT_DATASETS = ("arguana", "quora")
-EVAL_BASE_GIN = "eval/base.gin"
 
 
 @gin.configurable(module="dualenc.evaluate")
@@ -94,8 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m dualenc.evaluate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   source = parser.add_argument_group("what to evaluate")
-  source.add_argument("--checkpoint", help="dualenc checkpoint step dir MODEL_DIR/checkpoints/N")
+  source.add_argument("--checkpoint", help="dualenc checkpoint: MODEL_DIR/checkpoints/N, or "
+                      "MODEL_DIR for its newest checkpoint")
   source.add_argument("--hf_checkpoint", help="Hugging Face / sentence-transformers directory")
+  source.add_argument("--bm25", action="store_true",
+                      help="BM25 (bm25s: Lucene BM25, English stop words, Snowball stemming) "
+                           "over --beir_dir, the lexical baseline")
+  source.add_argument("--bm25_no_stemming", action="store_true", help="--bm25 without stemming")
   source.add_argument("--beir_dir", help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/)")
   source.add_argument("--split", default=None, help="qrels split (default test)")
   source.add_argument("--on_bad_record", choices=("error", "warn"), default="error",
@@ -225,10 +230,10 @@ def prepare(args, bindings: Sequence[str], parser: argparse.ArgumentParser,
     tasks = {beir_dir.name: lambda: reader.eval_data(split)}
     feature_lengths, step_dir = None, None
   else:
-    step_dir = fs.path(args.checkpoint)
+    step_dir = checkpoints.step_directory(args.checkpoint)
     _import_task_modules()  # before gin locks its config: task modules may add configurables
-    gin_utils.parse([EVAL_BASE_GIN] + run_gin_files(step_dir, args.gin_file, parser),
-                    bindings, search_paths, finalize=not args.print_config)
+    gin_utils.parse(run_gin_files(step_dir, args.gin_file, parser), bindings, search_paths,
+                    finalize=not args.print_config)
     if args.print_config:
       print(gin.config_str())
       raise SystemExit(0)
@@ -253,8 +258,33 @@ def prepare(args, bindings: Sequence[str], parser: argparse.ArgumentParser,
                step_dir)
 
 
+def run_bm25(args, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+  """BM25 over --beir_dir, scored and written like a model's evaluation."""
+  from dualenc.data import readers  # pylint: disable=g-import-not-at-top
+  from dualenc.sparse import bm25  # pylint: disable=g-import-not-at-top
+  if not (args.beir_dir and args.output_dir) or args.checkpoint or args.hf_checkpoint:
+    parser.error("--bm25 needs --beir_dir and --output_dir (and no model)")
+  beir_dir, output_dir = fs.path(args.beir_dir), fs.path(args.output_dir)
+  reader = readers.open_dataset(beir_dir, "beir", on_bad_record=args.on_bad_record)
+  checked = retrieval.check_eval_data(reader.eval_data(args.split or "test"), beir_dir.name)
+  options = _options(args)
+  searcher = bm25.BM25Searcher(checked.doc_texts, bm25.BM25Options(stem=not args.bm25_no_stemming))
+  scores, indices = searcher.search(checked.query_texts, options.top_k + options.drop_self_hits)
+  run = search.run_from_hits(scores, indices, checked.query_ids, checked.doc_ids,
+                             options.top_k, drop_self_hits=options.drop_self_hits)
+  means, per_query = metrics_lib.evaluate_run(checked.qrels, run)
+  result = retrieval.TaskResult(beir_dir.name, means, per_query, run, checked.counts, {})
+  retrieval.write_task_outputs(result, output_dir, options, searcher.settings, {})
+  results = {beir_dir.name: means}
+  _print_table(results)
+  print(f"wrote {output_dir / 'metrics.json'} and {output_dir / 'run.trec'}")
+  return results
+
+
 def run(args, bindings: Sequence[str], parser: argparse.ArgumentParser) -> Dict[str, Any]:
   """Evaluates what the flags name; returns {task: metrics} (+ macro average if several)."""
+  if args.bm25:
+    return run_bm25(args, parser)
   setup = prepare(args, bindings, parser)
   options = _options(args)
   if setup.zero_shot:

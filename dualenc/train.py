@@ -193,7 +193,8 @@ def train(*,
   if hasattr(loss_fn, "prepare"):
     frozen_inputs = jax.device_put(
         loss_fn.prepare(mixture_or_task_name=mixture_or_task_name,
-                        feature_lengths=feature_lengths, vocabulary=vocabulary),
+                        feature_lengths=feature_lengths,
+                        vocabulary=vocabulary or data.vocabulary),
         partitioning.replicated(mesh))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     jitted_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings,
@@ -243,6 +244,8 @@ def train(*,
               vocabulary=vocabulary,
               mesh=mesh, output_dir=model_dir / "eval" / str(done))
           writer.write(done, evaluation.flatten_for_logging(results))
+        if checkpointer.due(done, force=done == train_steps):
+          writer.sync()  # a checkpointed step's logs reach a gs:// MODEL_DIR before it commits
         checkpointer.save(done, state, data.get_state(), force=done == train_steps)
         if preemption.requested:
           checkpointer.save(done, state, data.get_state(), force=True)

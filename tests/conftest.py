@@ -13,6 +13,7 @@ os.environ.setdefault("DUALENC_CACHE", tempfile.mkdtemp(prefix="dualenc-test-cac
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import json
 import pathlib
 
 import pytest
@@ -54,6 +55,19 @@ def shared_data_dir() -> pathlib.Path:
       pytest.fail(message)
     pytest.skip(message)
   return path
+
+
+def beir_slice(source: pathlib.Path, target: pathlib.Path, num_docs: int, extra_qrels=()):
+  """A small real BEIR directory: the first num_docs documents and the qrels among them."""
+  (target / "qrels").mkdir(parents=True)
+  docs = source.joinpath("corpus.jsonl").read_text().splitlines()[:num_docs]
+  target.joinpath("corpus.jsonl").write_text("\n".join(docs) + "\n")
+  target.joinpath("queries.jsonl").write_text(source.joinpath("queries.jsonl").read_text())
+  kept = {json.loads(d)["_id"] for d in docs}
+  rows = source.joinpath("qrels", "test.tsv").read_text().splitlines()
+  rows = [rows[0]] + [r for r in rows[1:] if r.split("\t")[1] in kept] + list(extra_qrels)
+  target.joinpath("qrels", "test.tsv").write_text("\r\n".join(rows) + "\r\n")
+  return target
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ from typing import Callable, List, Tuple
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROGRAMS = ("dualenc/main.py", "dualenc/train.py", "dualenc/evaluate.py", "dualenc/search.py",
-            "dualenc/analysis.py", "dualenc/data/default_dataset.py")
+            "dualenc/analysis.py", "dualenc/data/default_dataset.py", "dualenc/sparse/idf.py",
+            "dualenc/sparse/mlm_head.py", "dualenc/sparse/mine.py")
 
 # Commands not run, with the reason (matched as a prefix of the command).
 NOT_RUN = {
@@ -98,6 +99,16 @@ SHRINK: Tuple[Shrink, ...] = (
            lambda c: _set_flag(c, "--gin.MIXTURE_OR_TASK_NAME", "\"'beir_scifact'\"") +
            " --gin_file=encoders/t5_1_1_tiny.gin"
            " --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 16, 'targets': 32}\""),
+    Shrink("the sparse paper recipe trains on MS MARCO, which is not offline: WikiQA's training "
+           "pairs (one hard negative each) stand in, with the IDF table and MLM head the README's "
+           "commands made for the default dataset",
+           lambda c: "runs/sparse_paper.gin" in c,
+           lambda c: _set_flag(_set_flag(_set_flag(_set_flag(
+               c, "--gin.MIXTURE_OR_TASK_NAME", "\"'wikiqa_train'\""),
+               "--gin.INITIAL_CHECKPOINT_PATH", "\"'runs/minilm_mlm'\""),
+               "--gin.IDF_PATH", "\"'runs/idf/default.json'\""),
+               "--gin.TASK_FEATURE_LENGTHS",
+               "\"{'inputs': 16, 'targets': 32, 'negative_targets': [1, 32]}\"")),
     Shrink("gs://my-bucket is the local Cloud Storage emulator the tests start",
            lambda c: "gs://my-bucket" in c,
            lambda c: c.replace("gs://my-bucket", "gs://dualenc-test/readme")),
@@ -106,6 +117,23 @@ SHRINK: Tuple[Shrink, ...] = (
            "judge, then the first others; still above ScaNN's brute-force threshold)",
            lambda c: "../shared/data/scifact" in c and "-m dualenc.train" not in c,
            lambda c: c.replace("../shared/data/scifact", "../shared/scifact_slice")),
+    Shrink("fitting all-MiniLM-L6-v2's MLM head reads 3,000 texts and takes 600 Adam steps "
+           "(9 minutes here); 64 texts and 10 steps run the same code",
+           lambda c: "-m dualenc.sparse.mlm_head" in c,
+           lambda c: f"{c} --max_texts=64 --steps=10 --max_length=64"),
+    Shrink("sparse runs are evaluated with 32-token documents (the configuration is stored in "
+           "the run, so later evaluations of its checkpoints use it too)",
+           lambda c: _is_train(c) and "sparse" in c,
+           lambda c: _set_flag(c, "--gin.EVAL_FEATURE_LENGTHS", SMALL_EVAL.split("=", 1)[1]
+                               .replace("\\", ""))),
+    Shrink("the sparse results table trains nine models (2.5 hours): --dry_run lists its "
+           "commands (each of which the README, the gin files and the programs document and "
+           "this harness runs)",
+           lambda c: "benchmarks/sparse_table.py" in c,
+           lambda c: f"{c} --dry_run"),
+    Shrink("benchmarks: one short round on small inputs (their figures are not asserted)",
+           lambda c: "benchmarks/sparse_memory.py" in c,
+           lambda c: f"{c} --batch=2 --length=32 --chunks=32,8"),
     Shrink("benchmarks: one short round on small inputs (their figures are not asserted)",
            lambda c: "benchmarks/encode.py" in c,
            lambda c: f"{c} --num_docs=48 --repeats=1"),

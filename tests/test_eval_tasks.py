@@ -15,6 +15,7 @@ from dualenc import checkpoints, cli, encoders, evaluate, towers
 from dualenc import search as search_cli
 from dualenc import train_state as ts
 from dualenc.data import records, registry, vocabularies
+from tests.conftest import beir_slice
 from dualenc.evaluation import retrieval
 
 LENGTHS = {"inputs": 16, "targets": 48}
@@ -41,19 +42,6 @@ MODEL = towers.DualEncoder(
     encoders.BertConfig(vocab_size=30522, d_model=32, num_heads=2, num_layers=2, d_ff=64,
                         max_position_embeddings=64),
     architecture="ade_spl", embedding_dim=16)
-
-
-def beir_slice(source: pathlib.Path, target: pathlib.Path, num_docs: int, extra_qrels=()):
-  """A small real BEIR directory: the first num_docs documents and the qrels among them."""
-  (target / "qrels").mkdir(parents=True)
-  docs = source.joinpath("corpus.jsonl").read_text().splitlines()[:num_docs]
-  target.joinpath("corpus.jsonl").write_text("\n".join(docs) + "\n")
-  target.joinpath("queries.jsonl").write_text(source.joinpath("queries.jsonl").read_text())
-  kept = {json.loads(d)["_id"] for d in docs}
-  rows = source.joinpath("qrels", "test.tsv").read_text().splitlines()
-  rows = [rows[0]] + [r for r in rows[1:] if r.split("\t")[1] in kept] + list(extra_qrels)
-  target.joinpath("qrels", "test.tsv").write_text("\r\n".join(rows) + "\r\n")
-  return target
 
 
 @pytest.fixture(scope="module")

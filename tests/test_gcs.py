@@ -91,9 +91,18 @@ def test_gs_model_dir_trains_resumes_exactly_and_evaluates_from_the_bucket(
   assert "MODEL_DIR = 'gs://" in (run_dir / "config.gin").read_text()
   steps = [json.loads(line)["step"] for line in
            (run_dir / "metrics.jsonl").read_text().splitlines()]
-  assert steps[-2:] == [5, 6]  # appended by the resumed run after the first run's lines
-  events = sorted(p.name for p in (run_dir / "tensorboard").iterdir())
-  assert len(events) == 2 and all(e.startswith("events.out.tfevents.") for e in events)
+  # The killed run's lines up to its last checkpoint were uploaded before it committed; the
+  # resumed run appended after them.
+  assert steps[:4] == [1, 2, 3, 4] and steps[-2:] == [5, 6], steps
+  # One event file per run, the killed run's uploaded at its checkpoints too. The resumed
+  # run's holds its steps, readable by TensorBoard.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = sorted((run_dir / "tensorboard").iterdir(), key=lambda p: p.name)
+  assert len(events) == 2 and all(e.name.startswith("events.out.tfevents.") for e in events)
+  (tmp_path / events[-1].name).write_bytes(events[-1].read_bytes())
+  board = event_accumulator.EventAccumulator(str(tmp_path / events[-1].name))
+  board.Reload()
+  assert [e.step for e in board.Scalars("loss")][-2:] == [5, 6]
 
   # Evaluate the bucket's checkpoint on a BEIR folder in the bucket, save the index there and
   # search it from the shell.

@@ -43,16 +43,20 @@ def _copy_checkout(target: pathlib.Path) -> None:
 
 
 def _scifact_slice(source: pathlib.Path, target: pathlib.Path, size: int = 1100) -> None:
-  """Every document the test queries judge, then the first others, up to `size`."""
-  judged = {line.split("\t")[1] for line in
-            (source / "qrels" / "test.tsv").read_text().splitlines()[1:] if line.strip()}
+  """Every document the test queries judge, then the first others, up to `size`; the train
+  qrels rows whose documents are in the slice."""
+  qrels = lambda split: (source / "qrels" / f"{split}.tsv").read_text().splitlines()
+  judged = {line.split("\t")[1] for line in qrels("test")[1:] if line.strip()}
   lines = (source / "corpus.jsonl").read_text().splitlines()
   keep = [l for l in lines if json.loads(l)["_id"] in judged]
   keep += [l for l in lines if json.loads(l)["_id"] not in judged][:size - len(keep)]
+  kept = {json.loads(l)["_id"] for l in keep}
   (target / "qrels").mkdir(parents=True)
   (target / "corpus.jsonl").write_text("\n".join(keep) + "\n")
   shutil.copy(source / "queries.jsonl", target / "queries.jsonl")
   shutil.copy(source / "qrels" / "test.tsv", target / "qrels" / "test.tsv")
+  train = [qrels("train")[0]] + [r for r in qrels("train")[1:] if r.split("\t")[1] in kept]
+  (target / "qrels" / "train.tsv").write_text("\n".join(train) + "\n")
 
 
 def _fill_bucket(emulator, shared_data_dir, scratch: pathlib.Path) -> None:
@@ -72,8 +76,13 @@ def _fill_bucket(emulator, shared_data_dir, scratch: pathlib.Path) -> None:
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory, shared_data_dir, gcs_emulator):
   venv = pathlib.Path(sys.prefix)
-  if not (venv / ".installed").exists():
+  stamp = venv / ".installed"
+  if not stamp.exists():
     pytest.fail(f"{venv} is not the .venv `make` installs (no .installed stamp): run `make test`")
+  stale = [f for f in ("setup.py", "constraints.txt")
+           if (REPO_ROOT / f).stat().st_mtime > stamp.stat().st_mtime]
+  if stale:  # `make` in the copy would reinstall this very venv from the copy
+    pytest.fail(f"{venv} is older than {', '.join(stale)}: run `make setup` (or `make test`)")
   root = tmp_path_factory.mktemp("readme")
   repo = root / "dualenc"
   _copy_checkout(repo)

@@ -61,3 +61,17 @@ def test_embed_batch_encodes_negatives_with_the_document_tower():
   expected = model.apply({"params": params}, negatives, ts.attention_mask(negatives),
                          method=model.encode_documents)
   np.testing.assert_allclose(hard[:, 1], expected, atol=1e-6)
+
+
+def test_a_parameter_group_gets_its_own_learning_rate_and_frozen_ones_none():
+  """make_optimizer(learning_rate_scales=...): e.g. a sparse model's IDF table."""
+  from dualenc import optimizers  # pylint: disable=g-import-not-at-top
+  params = {"idf": jnp.ones(4), "encoder": {"kernel": jnp.ones(3)}, "frozen": jnp.ones(2)}
+  grads = jax.tree.map(jnp.ones_like, params)
+  optimizer = optimizers.make_optimizer(
+      params, name="sgd", schedule=lambda step: 0.1, frozen_patterns=(r"^frozen$",),
+      learning_rate_scales={r"^idf$": 30.0})
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  np.testing.assert_allclose(updates["encoder"]["kernel"], -0.1)
+  np.testing.assert_allclose(updates["idf"], -3.0)
+  np.testing.assert_allclose(updates["frozen"], 0.0)

@@ -171,6 +171,11 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
     self._streams = None
 
   @property
+  def vocabulary(self) -> seqio.Vocabulary:
+    """The vocabulary the batches are tokenized with (the first task's 'inputs' feature)."""
+    return self._tasks[0].output_features["inputs"].vocabulary
+
+  @property
   def per_host_batch_size(self) -> int:
     return self.batch_size // self.num_shards
 

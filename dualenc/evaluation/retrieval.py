@@ -66,6 +66,21 @@ class TaskResult:
   run: Dict[str, Dict[str, float]]
   counts: Dict[str, int]
   seconds: Dict[str, float]
+  efficiency: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def sparsity(query_vectors, doc_vectors) -> Dict[str, float]:
+  """Sparse vectors' efficiency figures: mean non-zeros per query and per document, and
+  FLOPS = sum_t p_q(t) * p_d(t), p the fraction of queries / documents with a non-zero weight
+  on term t (the definition of SPLADE, OpenSearch and sentence-transformers)."""
+  import scipy.sparse  # pylint: disable=g-import-not-at-top
+  q, d = (scipy.sparse.csr_matrix(x) for x in (query_vectors, doc_vectors))
+  q.eliminate_zeros()
+  d.eliminate_zeros()
+  p_q = np.bincount(q.indices, minlength=q.shape[1]) / max(q.shape[0], 1)
+  p_d = np.bincount(d.indices, minlength=d.shape[1]) / max(d.shape[0], 1)
+  return {"query_nnz": float(q.nnz / max(q.shape[0], 1)),
+          "doc_nnz": float(d.nnz / max(d.shape[0], 1)), "flops": float(np.dot(p_q, p_d))}
 
 
 @dataclasses.dataclass
@@ -190,7 +205,10 @@ def evaluate_retrieval(encoders: ModelEncoders, data, *, name: str = "task",
                         options.top_k, drop_self_hits=options.drop_self_hits)
   seconds["search"] = time.perf_counter() - start
   means, per_query = metrics_lib.evaluate_run(checked.qrels, run)
-  result = TaskResult(name, means, per_query, run, checked.counts, seconds)
+  import scipy.sparse  # pylint: disable=g-import-not-at-top
+  efficiency = (sparsity(query_embeddings, doc_embeddings)
+                if scipy.sparse.issparse(doc_embeddings) else {})
+  result = TaskResult(name, means, per_query, run, checked.counts, seconds, efficiency)
   if index_dir is not None and jax.process_index() == 0:
     search.Index(searcher, checked.doc_ids, checked.doc_texts,
                  metadata={"model": encoders.retrieval_model.source, "task": name}
@@ -207,7 +225,7 @@ def write_task_outputs(result: TaskResult, output_dir, options: RetrievalOptions
   """metrics.json (metrics at the top level, plus counts and settings: searcher, lengths,
   dtype), run.trec, per_query.json."""
   output_dir = fs.path(output_dir)
-  payload = dict(result.metrics)
+  payload = dict(result.metrics, **result.efficiency)
   payload.update(task=result.name, num_queries=result.counts["queries"],
                  counts=result.counts, seconds=result.seconds,
                  settings={**dataclasses.asdict(options), **encode_settings,

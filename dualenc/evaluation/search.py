@@ -349,6 +349,13 @@ def retrieve(searcher, query_embeddings: np.ndarray, query_ids: Sequence[str],
   if len(query_ids) != query_embeddings.shape[0]:
     raise ValueError(f"{len(query_ids)} query ids for {query_embeddings.shape[0]} embeddings")
   scores, indices = searcher.search(query_embeddings, k + 1 if drop_self_hits else k)
+  return run_from_hits(scores, indices, query_ids, doc_ids, k, drop_self_hits=drop_self_hits)
+
+
+def run_from_hits(scores: np.ndarray, indices: np.ndarray, query_ids: Sequence[str],
+                  doc_ids: Sequence[str], k: int, *, drop_self_hits: bool = False
+                  ) -> Dict[str, Dict[str, float]]:
+  """Run {query id: {doc id: score}} from a searcher's (scores [Q, k'], indices [Q, k'])."""
   run: Dict[str, Dict[str, float]] = {}
   for qid, row_scores, row_indices in zip(query_ids, scores, indices):
     hits: Dict[str, float] = {}
