@@ -198,6 +198,7 @@ def fuse_teachers(dataset_dir: str, out: pathlib.Path) -> pathlib.Path:
   """The two teachers as one retriever, written like an evaluation: per query, BM25's and the
   dense model's top-100 scores min-max normalised and averaged (0 where a run lacks the
   document): the ensemble that KD distils, scored at retrieval time."""
+  from dualenc.data import readers  # pylint: disable=g-import-not-at-top
   from dualenc.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   runs = [metrics_lib.read_trec_run(out / key / "run.trec") for key in ("bm25", "dense")]
   fused = {}
@@ -209,12 +210,7 @@ def fuse_teachers(dataset_dir: str, out: pathlib.Path) -> pathlib.Path:
       normalised.append({d: (s - low) / (high - low + 1e-6) for d, s in scores.items()})
     fused[query] = {d: sum(n.get(d, 0.0) for n in normalised) / len(runs)
                     for d in set().union(*normalised)}
-  qrels = {}
-  with open(pathlib.Path(dataset_dir) / "qrels" / "test.tsv", encoding="utf-8") as f:
-    for line in f:
-      query, doc, grade = line.rstrip("\n").split("\t")[:3]
-      if grade.lstrip("-").isdigit():  # skips the header
-        qrels.setdefault(query, {})[doc] = int(grade)
+  qrels = readers.open_dataset(pathlib.Path(dataset_dir), "beir").eval_data("test").qrels
   means, per_query = metrics_lib.evaluate_run(qrels, fused)
   target = out / "teachers_fused"
   target.mkdir(parents=True, exist_ok=True)
