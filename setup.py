@@ -31,6 +31,8 @@ INSTALL_REQUIRES = [
     # BM25 (baseline, teacher, hard-negative mining) with Snowball stemming.
     "bm25s==0.3.16",
     "PyStemmer==3.1.0",
+    # Approximate search over learned sparse vectors (Seismic).
+    "pyseismic-lsr==0.5.4",
     "scipy==1.17.1",
     "matplotlib==3.11.2",
     "scikit-learn==1.9.1",

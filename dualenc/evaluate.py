@@ -22,6 +22,14 @@ the ranking; a mixture writes one directory per task and OUT/metrics.json with e
 the macro average. Embeddings are cached under --cache_dir (default OUT/embeddings), so
 re-running (e.g. with another searcher) re-encodes nothing. Paths may be local or gs://.
 
+Sparse checkpoints (dualenc.sparse) are searched by an exact inverted index (--searcher=seismic:
+approximate) and add query_nnz, doc_nnz, flops and index_bytes; inference-free ones are
+evaluated through their model-free query path (tokenizer + IDF table) and add query_ms_p50 /
+query_ms_p99 (each query alone, one thread). BM25 (bm25s) writes the same keys:
+
+  python -m dualenc.evaluate --bm25 --beir_dir=../shared/data/scifact --split=test \
+      --output_dir=runs/eval/bm25_scifact
+
   python -m dualenc.evaluate search --index_dir=runs/tiny/index --query="parse a date"
 """
 
@@ -101,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="BM25 (bm25s: Lucene BM25, English stop words, Snowball stemming) "
                            "over --beir_dir, the lexical baseline")
   source.add_argument("--bm25_no_stemming", action="store_true", help="--bm25 without stemming")
+  source.add_argument("--bm25_stopwords", choices=("en", "none"), default="en",
+                      help="--bm25: remove English stop words (bm25s's list; default) or none")
+  source.add_argument("--bm25_k1", type=float, default=1.5, help="--bm25: k1 (default 1.5)")
+  source.add_argument("--bm25_b", type=float, default=0.75, help="--bm25: b (default 0.75)")
   source.add_argument("--beir_dir", help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/)")
   source.add_argument("--split", default=None, help="qrels split (default test)")
   source.add_argument("--on_bad_record", choices=("error", "warn"), default="error",
@@ -259,7 +271,8 @@ def prepare(args, bindings: Sequence[str], parser: argparse.ArgumentParser,
 
 
 def run_bm25(args, parser: argparse.ArgumentParser) -> Dict[str, Any]:
-  """BM25 over --beir_dir, scored and written like a model's evaluation."""
+  """BM25 over --beir_dir, scored and written like a model's evaluation, with its index size
+  and per-query latency (query string -> top-k ids, one thread)."""
   from dualenc.data import readers  # pylint: disable=g-import-not-at-top
   from dualenc.sparse import bm25  # pylint: disable=g-import-not-at-top
   if not (args.beir_dir and args.output_dir) or args.checkpoint or args.hf_checkpoint:
@@ -268,17 +281,37 @@ def run_bm25(args, parser: argparse.ArgumentParser) -> Dict[str, Any]:
   reader = readers.open_dataset(beir_dir, "beir", on_bad_record=args.on_bad_record)
   checked = retrieval.check_eval_data(reader.eval_data(args.split or "test"), beir_dir.name)
   options = _options(args)
-  searcher = bm25.BM25Searcher(checked.doc_texts, bm25.BM25Options(stem=not args.bm25_no_stemming))
-  scores, indices = searcher.search(checked.query_texts, options.top_k + options.drop_self_hits)
-  run = search.run_from_hits(scores, indices, checked.query_ids, checked.doc_ids,
-                             options.top_k, drop_self_hits=options.drop_self_hits)
-  means, per_query = metrics_lib.evaluate_run(checked.qrels, run)
-  result = retrieval.TaskResult(beir_dir.name, means, per_query, run, checked.counts, {})
-  retrieval.write_task_outputs(result, output_dir, options, searcher.settings, {})
-  results = {beir_dir.name: means}
+  bm25_options = bm25.BM25Options(
+      k1=args.bm25_k1, b=args.bm25_b, stem=not args.bm25_no_stemming,
+      stopwords=None if args.bm25_stopwords == "none" else args.bm25_stopwords)
+  result = evaluate_bm25(bm25.BM25Searcher(checked.doc_texts, bm25_options), checked,
+                         beir_dir.name, options)
+  retrieval.write_task_outputs(result, output_dir, options, bm25_options.describe(),
+                               {"query_path": "bm25s tokenizer + get_scores, NumPy top-k, one "
+                                              "query at a time, one thread"})
+  results = {beir_dir.name: result.metrics}
   _print_table(results)
   print(f"wrote {output_dir / 'metrics.json'} and {output_dir / 'run.trec'}")
   return results
+
+
+def evaluate_bm25(searcher, checked: "retrieval.CheckedData", name: str,
+                  options: "retrieval.RetrievalOptions") -> "retrieval.TaskResult":
+  """BM25's run, metrics, index bytes and query latency over checked data."""
+  from dualenc import latency  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  depth = options.top_k + options.drop_self_hits
+  start = time.perf_counter()
+  scores, indices = searcher.search(checked.query_texts, depth)
+  seconds = {"search": time.perf_counter() - start}
+  run = search.run_from_hits(scores, indices, checked.query_ids, checked.doc_ids,
+                             options.top_k, drop_self_hits=options.drop_self_hits)
+  means, per_query = metrics_lib.evaluate_run(checked.qrels, run)
+  efficiency = {"index_bytes": searcher.index_bytes()}
+  if options.query_latency:
+    efficiency.update(latency.measure(lambda text: searcher.search_one(text, depth),
+                                      checked.query_texts))
+  return retrieval.TaskResult(name, means, per_query, run, checked.counts, seconds, efficiency)
 
 
 def run(args, bindings: Sequence[str], parser: argparse.ArgumentParser) -> Dict[str, Any]:

@@ -3,10 +3,18 @@ r"""Answer queries typed on the shell from a saved index (`--save_index` of dual
   python -m dualenc.search --index_dir=runs/tiny/index --k=3 --query="parse a date"
   echo "sort a list in place" | python -m dualenc.search --index_dir=runs/tiny/index
 
---k results per query (default 10), --query repeatable. Without --query, reads one query per line from standard input until EOF (prompting when it is
-a terminal). The query tower is loaded as the index's metadata says: the Hugging Face
-checkpoint, or the dualenc checkpoint with the gin config it was evaluated with. Each hit is
-printed as `rank  score  doc_id  text...`.
+--k results per query (default 10), --query repeatable. Without --query, reads one query per
+line from standard input until EOF (prompting when it is a terminal). Each hit is printed as
+`rank  score  doc_id  text...`; --timing adds each query's milliseconds (query string to top-k
+ids).
+
+An inference-free sparse index answers with no model at all: the WordPiece tokenizer and IDF
+table saved in it (`query_encoder/`), an inverted index (or Seismic) in NumPy; nothing of JAX,
+Flax or TensorFlow is imported. `--query_encoder=DIR` uses another saved query side (refused
+when its vocabulary or IDF table is not the index's). A query with no known word piece prints
+`(no known terms: 0 results)`. Dense (and siamese sparse) indexes load their query tower as the
+index's metadata says: the Hugging Face checkpoint, or the dualenc checkpoint with the gin config
+it was evaluated with.
 """
 
 from __future__ import annotations
@@ -18,18 +26,19 @@ if __name__ == "__main__":  # run as dualenc.X, not __main__: see dualenc/cli.py
 import argparse
 import logging
 import sys
+import time
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from dualenc import evaluate  # first: it sets the CPU device count before JAX starts
-import gin
-
-from dualenc.evaluation import encode
-from dualenc.evaluation import loading
-from dualenc.evaluation import search
+from dualenc import index as index_lib
 
 
-def load_query_model(metadata: dict) -> loading.RetrievalModel:
-  """The model an index was built with, from its saved `metadata['model']`."""
+def load_query_model(metadata: dict):
+  """The model an index was built with (a loading.RetrievalModel), from `metadata['model']`."""
+  # JAX starts here, only for indexes whose queries need a model. dualenc.evaluate first: it
+  # sets the CPU device count before JAX starts.
+  from dualenc import evaluate  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
+  from dualenc.evaluation import loading  # pylint: disable=g-import-not-at-top
   source = metadata.get("model") or {}
   if source.get("hf_checkpoint"):
     return loading.from_hf_checkpoint(
@@ -50,19 +59,44 @@ def load_query_model(metadata: dict) -> loading.RetrievalModel:
 
 
 class QueryEngine:
-  """Index + query tower: `search(["text", ...], k)` -> [[(doc id, score, text)]]."""
+  """An index and its query side: `search(["text", ...], k)` -> [[(doc id, score, text)]].
 
-  def __init__(self, index: search.Index, model: loading.RetrievalModel):
+  model: a loading.RetrievalModel whose query tower encodes the queries; None for an index
+  with a model-free query encoder (inference-free sparse).
+  """
+
+  def __init__(self, index: index_lib.Index, model=None):
     self.index, self.model = index, model
-    self.tower = encode.TowerEncoder(model.model, model.params, "query")
+    self._row = {d: i for i, d in enumerate(index.doc_ids)}
+    if model is not None:
+      from dualenc.evaluation import encode  # pylint: disable=g-import-not-at-top
+      self._encode = encode
+      self.tower = encode.TowerEncoder(model.model, model.params, "query")
+    elif index.query_encoder is None:
+      raise ValueError("the index has no model-free query encoder: pass a model")
+
+  def _with_texts(self, hits) -> List[Tuple[str, float, str]]:
+    texts = self.index.doc_texts
+    return [(d, s, texts[self._row[d]] if texts else "") for d, s in hits]
 
   def search(self, queries: Sequence[str], k: int) -> List[List[Tuple[str, float, str]]]:
-    embeddings = encode.encode_texts(self.tower, self.model.query_tokenizer, list(queries),
-                                     encode.EncodeOptions(progress=False))
-    texts = self.index.doc_texts
-    row = {d: i for i, d in enumerate(self.index.doc_ids)}
-    return [[(d, s, texts[row[d]] if texts else "") for d, s in hits]
-            for hits in self.index.search(embeddings, k)]
+    if self.model is None:
+      return [self._with_texts(self.index.search_text(q, k)) for q in queries]
+    encode = self._encode
+    if len(queries) == 1:
+      embeddings = encode.encode_one(self.tower, self.model.query_tokenizer, queries[0])
+    else:
+      embeddings = encode.encode_texts(self.tower, self.model.query_tokenizer, list(queries),
+                                       encode.EncodeOptions(progress=False))
+    return [self._with_texts(hits) for hits in self.index.search(embeddings, k)]
+
+
+def open_engine(index_dir, query_encoder_dir: Optional[str] = None) -> QueryEngine:
+  """The QueryEngine of a saved index: model-free when the index has a query encoder."""
+  index = index_lib.Index.load(index_dir, query_encoder=query_encoder_dir)
+  if index.query_encoder is not None:
+    return QueryEngine(index)
+  return QueryEngine(index, load_query_model(index.metadata))
 
 
 def _lines(stream) -> Iterable[str]:
@@ -85,17 +119,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--k", type=int, default=10, help="results per query")
   parser.add_argument("--query", action="append", default=[], help="query text (repeatable)")
   parser.add_argument("--width", type=int, default=100, help="characters of text shown")
+  parser.add_argument("--query_encoder", help="a sparse index: use this saved query encoder "
+                      "directory instead of the index's own")
+  parser.add_argument("--timing", action="store_true", help="print each query's milliseconds")
   args = parser.parse_args(argv)
   try:
-    index = search.Index.load(args.index_dir)
-    engine = QueryEngine(index, load_query_model(index.metadata))
+    engine = open_engine(args.index_dir, args.query_encoder)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   queries = args.query or _lines(sys.stdin)
   for query in queries:
+    start = time.perf_counter()
     (hits,) = engine.search([query], args.k)
-    print(f"# {query}")
+    took = (time.perf_counter() - start) * 1000
+    print(f"# {query}" + (f"  ({took:.2f} ms)" if args.timing else ""))
+    if not hits:
+      print("(no known terms: 0 results)" if engine.model is None else "(0 results)")
     for rank, (doc_id, score, text) in enumerate(hits, start=1):
       snippet = " ".join(text.split())[:args.width]
       print(f"{rank:3d}  {score:.4f}  {doc_id}  {snippet}")

@@ -67,19 +67,28 @@ def _is_main_job(command: str) -> bool:
   return command.startswith("make main") or "-m dualenc.main" in command
 
 
+SPARSE_MAIN = ("--sparse_gin.TRAIN_STEPS=2", "--mlm_head_steps=10", "--mlm_head_texts=64")
+
+
 def _shrink_main_job(command: str) -> str:
   if command.startswith("make main"):
-    return _make_args(command, f"--gin.TRAIN_STEPS={MAIN_STEPS}", SMALL_EVAL)
+    return _make_args(command, f"--gin.TRAIN_STEPS={MAIN_STEPS}", SMALL_EVAL,
+                      SMALL_EVAL.replace("--gin.", "--sparse_gin."), *SPARSE_MAIN)
   command = _set_flag(command, "--gin.TRAIN_STEPS", str(MAIN_STEPS))
+  for flag in SPARSE_MAIN:
+    command = _set_flag(command, *flag.split("="))
+  command = _set_flag(command, "--sparse_gin.EVAL_FEATURE_LENGTHS", SMALL_EVAL.split("=", 1)[1]
+                      .replace("\\", ""))
   return _set_flag(command, "--gin.EVAL_FEATURE_LENGTHS", SMALL_EVAL.split("=", 1)[1]
                    .replace("\\", ""))
 
 
 SMALL_EVAL = "--gin.EVAL_FEATURE_LENGTHS=\\\"{'inputs': 16, 'targets': 32}\\\""
 SHRINK: Tuple[Shrink, ...] = (
-    Shrink("the main job trains 60 steps and evaluates 256-token documents (5+ minutes); "
-           f"{MAIN_STEPS} steps and 32-token documents run the same code, and commands naming "
-           f"its checkpoint 60 name checkpoint {MAIN_STEPS}",
+    Shrink("the main job trains 60 dense and 50 sparse steps, fits an MLM head and evaluates "
+           f"256-token documents (10+ minutes); {MAIN_STEPS} steps each, a 10-step head over 64 "
+           "texts and 32-token documents run the same code, and commands naming its checkpoint "
+           f"60 name checkpoint {MAIN_STEPS}",
            _is_main_job, _shrink_main_job),
     Shrink("the main job's checkpoint (see above)",
            lambda c: "runs/main/checkpoints/60" in c,
@@ -118,7 +127,7 @@ SHRINK: Tuple[Shrink, ...] = (
            lambda c: "../shared/data/scifact" in c and "-m dualenc.train" not in c,
            lambda c: c.replace("../shared/data/scifact", "../shared/scifact_slice")),
     Shrink("fitting all-MiniLM-L6-v2's MLM head reads 3,000 texts and takes 600 Adam steps "
-           "(9 minutes here); 64 texts and 10 steps run the same code",
+           "(minutes here); 64 texts and 10 steps run the same code",
            lambda c: "-m dualenc.sparse.mlm_head" in c,
            lambda c: f"{c} --max_texts=64 --steps=10 --max_length=64"),
     Shrink("sparse runs are evaluated with 32-token documents (the configuration is stored in "
@@ -134,6 +143,9 @@ SHRINK: Tuple[Shrink, ...] = (
     Shrink("benchmarks: one short round on small inputs (their figures are not asserted)",
            lambda c: "benchmarks/sparse_memory.py" in c,
            lambda c: f"{c} --batch=2 --length=32 --chunks=32,8"),
+    Shrink("benchmarks: one short round on small inputs (their figures are not asserted)",
+           lambda c: "benchmarks/sparse_latency.py" in c,
+           lambda c: f"{c} --repeats=1"),
     Shrink("benchmarks: one short round on small inputs (their figures are not asserted)",
            lambda c: "benchmarks/encode.py" in c,
            lambda c: f"{c} --num_docs=48 --repeats=1"),

@@ -349,9 +349,14 @@ def test_a_sparse_run_trains_logs_and_evaluates_through_the_common_tools(tmp_pat
   (task,) = json.loads((tmp_path / "run" / "eval" / "4" / "metrics.json").read_text())["tasks"]
   assert task.startswith("beir_wiki")
   metrics = json.loads((tmp_path / "run" / "eval" / "4" / task / "metrics.json").read_text())
-  assert metrics["settings"]["searcher_settings"] == {} and 0 <= metrics["ndcg@10"] <= 1
+  assert metrics["settings"]["searcher"] == "exact" and 0 <= metrics["ndcg@10"] <= 1
   assert 0 < metrics["query_nnz"] < 30 and metrics["doc_nnz"] > 0 and metrics["flops"] > 0
-  assert (tmp_path / "index" / "vectors.npz").is_file()
+  assert metrics["settings"]["query_path"].startswith("model-free")
+  assert 0 < metrics["query_ms_p50"] <= metrics["query_ms_p99"]
+  assert metrics["queries_timed"] == metrics["num_queries"]
+  saved = tmp_path / "index"
+  assert metrics["index_bytes"] == sum(p.stat().st_size for p in (saved / "inverted").iterdir())
+  assert (saved / "query_encoder" / "idf.json").is_file()
 
 
 # -- BM25 baseline and mining ----------------------------------------------------------------------

@@ -249,6 +249,19 @@ def _batch_rows(length: int, options: EncodeOptions, encoder: "TowerEncoder") ->
   return max(shards, rows // shards * shards)
 
 
+def encode_one(encoder: TowerEncoder, tokenizer: Callable[[Sequence[str]], List[np.ndarray]],
+               text: str) -> np.ndarray:
+  """One text -> its [1, D] embedding, padded only to its length bucket and to one row per data
+  shard (encode_texts fills whole token budgets: right for corpora, slow for one query)."""
+  (token_ids,) = tokenizer([text])
+  buckets = length_buckets(tokenizer.max_length)
+  bucket = buckets[int(np.searchsorted(buckets, max(1, len(token_ids))))]
+  ids = np.zeros((encoder.data_shards, bucket), np.int32)
+  mask = np.zeros_like(ids)
+  ids[0, :len(token_ids)], mask[0, :len(token_ids)] = token_ids, 1
+  return np.asarray(jax.device_get(encoder(ids, mask)), np.float32)[:1]
+
+
 def encode_texts(encoder: TowerEncoder, tokenizer: Callable[[Sequence[str]], List[np.ndarray]],
                  texts: Sequence[str], options: Optional[EncodeOptions] = None,
                  description: str = "") -> np.ndarray:

@@ -43,12 +43,15 @@ MACRO_AVERAGE = "macro_average"
 @gin.configurable(module="dualenc.evaluation")
 @dataclasses.dataclass(frozen=True)
 class RetrievalOptions:
-  """searcher: 'exact' or 'scann'; top_k: run depth (MAP and recall@100 need >= 100);
-  drop_self_hits: BEIR's ArguAna/Quora convention (drop a hit whose id is the query's)."""
+  """searcher: 'exact' or 'scann' (dense), 'exact' (an inverted index) or 'seismic' (sparse);
+  top_k: run depth (MAP and recall@100 need >= 100); drop_self_hits: BEIR's ArguAna/Quora
+  convention (drop a hit whose id is the query's); query_latency: time every query through a
+  model-free query path (inference-free sparse models) into query_ms_p50/p99."""
 
   searcher: str = "exact"
   top_k: int = 100
   drop_self_hits: bool = False
+  query_latency: bool = True
 
   def __post_init__(self):
     if self.searcher not in search.SEARCHERS:
@@ -174,10 +177,42 @@ class ModelEncoders:
                                     description=f"{cache_name or side}"))
 
 
+def model_free_query_encoder(retrieval_model: loading.RetrievalModel):
+  """The NumPy query side (dualenc.sparse.query.QueryEncoder) of an inference-free sparse
+  model (query_encoder 'idf' or 'ones'); None for dense and siamese models."""
+  model = retrieval_model.model
+  if getattr(model, "architecture", None) != "sparse" or model.query_encoder == "mlm":
+    return None
+  from dualenc.sparse import corpus  # pylint: disable=g-import-not-at-top
+  from dualenc.sparse import query as query_lib  # pylint: disable=g-import-not-at-top
+  tokenizer = retrieval_model.query_tokenizer
+  vocab_path = corpus._vocab_path(tokenizer.vocabulary)  # pylint: disable=protected-access
+  params = jax.tree.map(np.asarray, retrieval_model.params)
+  return query_lib.QueryEncoder.from_model(model, params, vocab_path, tokenizer.max_length)
+
+
+def index_bytes(searcher) -> int:
+  """Bytes of the searcher's index as `Index.save` writes it (vectors, postings, codebooks)."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    directory = pathlib.Path(tmp) / "index"
+    if searcher.kind == "exact":
+      directory.mkdir()
+      np.save(directory / "embeddings.npy", searcher.embeddings)
+    elif searcher.kind == "scann":
+      searcher.serialize(directory)
+    else:
+      searcher.save(directory)
+    from dualenc.sparse import index as sparse_index  # pylint: disable=g-import-not-at-top
+    return sparse_index.directory_bytes(directory)
+
+
 def evaluate_retrieval(encoders: ModelEncoders, data, *, name: str = "task",
                        options: Optional[RetrievalOptions] = None,
                        scann_config: Optional[search.ScannConfig] = None,
-                       cache_dir=None, output_dir=None, index_dir=None) -> TaskResult:
+                       cache_dir=None, output_dir=None, index_dir=None,
+                       seismic_config=None) -> TaskResult:
   """Evaluates one retrieval problem (an EvalData) end to end; see the module docstring.
 
   Args:
@@ -193,12 +228,19 @@ def evaluate_retrieval(encoders: ModelEncoders, data, *, name: str = "task",
   start = time.perf_counter()
   doc_embeddings = encoders.encode("document", checked.doc_ids, checked.doc_texts,
                                    cache_dir=cache_dir, cache_name=f"{name}.document")
-  query_embeddings = encoders.encode("query", checked.query_ids, checked.query_texts,
-                                     cache_dir=cache_dir, cache_name=f"{name}.query")
+  # Inference-free sparse models are evaluated through the query path they are served with:
+  # tokenizer + IDF table in NumPy (equal to the model's query tower: tests/test_sparse_search.py).
+  query_encoder = model_free_query_encoder(encoders.retrieval_model)
+  if query_encoder is not None:
+    query_embeddings = query_encoder.encode_batch(checked.query_texts)
+  else:
+    query_embeddings = encoders.encode("query", checked.query_ids, checked.query_texts,
+                                       cache_dir=cache_dir, cache_name=f"{name}.query")
   seconds["encode"] = time.perf_counter() - start
   start = time.perf_counter()
   searcher = search.make_searcher(options.searcher, doc_embeddings,
-                                  options.top_k + options.drop_self_hits, scann_config)
+                                  options.top_k + options.drop_self_hits, scann_config,
+                                  seismic_config)
   seconds["index"] = time.perf_counter() - start
   start = time.perf_counter()
   run = search.retrieve(searcher, query_embeddings, checked.query_ids, checked.doc_ids,
@@ -206,16 +248,26 @@ def evaluate_retrieval(encoders: ModelEncoders, data, *, name: str = "task",
   seconds["search"] = time.perf_counter() - start
   means, per_query = metrics_lib.evaluate_run(checked.qrels, run)
   import scipy.sparse  # pylint: disable=g-import-not-at-top
-  efficiency = (sparsity(query_embeddings, doc_embeddings)
-                if scipy.sparse.issparse(doc_embeddings) else {})
+  efficiency = {}
+  if scipy.sparse.issparse(doc_embeddings):
+    efficiency = dict(sparsity(query_embeddings, doc_embeddings), index_bytes=index_bytes(searcher))
+  if query_encoder is not None and options.query_latency:
+    from dualenc import latency  # pylint: disable=g-import-not-at-top
+    depth = options.top_k + options.drop_self_hits
+    efficiency.update(latency.measure(
+        lambda text: searcher.search_one(*query_encoder.encode(text), depth),
+        checked.query_texts))
   result = TaskResult(name, means, per_query, run, checked.counts, seconds, efficiency)
   if index_dir is not None and jax.process_index() == 0:
     search.Index(searcher, checked.doc_ids, checked.doc_texts,
-                 metadata={"model": encoders.retrieval_model.source, "task": name}
-                 ).save(index_dir)
+                 metadata={"model": encoders.retrieval_model.source, "task": name},
+                 query_encoder=query_encoder).save(index_dir)
   if output_dir is not None and jax.process_index() == 0:
-    write_task_outputs(result, output_dir, options, getattr(searcher, "settings", {}),
-                       encoders.settings())
+    settings = dict(encoders.settings())
+    if query_encoder is not None:
+      settings["query_path"] = (f"model-free: WordPiece tokenizer + {query_encoder.kind} table "
+                                "(NumPy), one query at a time, one thread")
+    write_task_outputs(result, output_dir, options, getattr(searcher, "settings", {}), settings)
   return result
 
 

@@ -2,8 +2,10 @@
 
 Both searchers answer `search(queries [Q, D] float32, k) -> (scores [Q, k'], indices [Q, k'])`
 with k' = min(k, num_docs), rows sorted by score descending; scores are inner products (cosine
-similarities for L2-normalised embeddings). `Index` pairs a searcher with the document ids and
-saves/loads both for serving (`python -m dualenc.search`).
+similarities for L2-normalised embeddings). Sparse vectors are searched by dualenc/sparse/index.py
+(an exact inverted index, Seismic); `make_searcher` picks by the vectors' kind. `Index`
+(dualenc/index.py) pairs a searcher with the document ids and saves/loads both for serving
+(`python -m dualenc.search`).
 
 Exact search: documents live on device in chunks [C, chunk, D]; one jitted `lax.scan` scores a
 block of queries against each chunk (HIGHEST matmul precision, so TPUs do not drop to bf16) and
@@ -21,21 +23,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
 import pathlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dualenc import fs
+from dualenc.sparse import index as sparse_index  # registers SeismicConfig with gin
 
-SEARCHERS = ("exact", "scann")
-INDEX_FORMAT_VERSION = 1
+SEARCHERS = ("exact", "scann", "seismic")
 _SCANN_PICKLE = "scann_docids.pkl"
 
 
@@ -272,66 +271,25 @@ class ScannSearcher:
     return cls(None, _loaded=_scann().load_searcher(str(directory)), _settings=settings)
 
 
-class SparseExactSearcher:
-  """Exact top-k over sparse [N, V] document vectors (scipy CSR): a sparse product per block
-  of queries, then argpartition. Equal scores go to the lower document index, as in
-  ExactSearcher. (The inverted-index engines for large corpora are issue 11's.)"""
-
-  kind = "sparse_exact"
-
-  def __init__(self, doc_vectors, *, query_block: int = 256):
-    import scipy.sparse  # pylint: disable=g-import-not-at-top
-    docs = scipy.sparse.csr_matrix(doc_vectors, dtype=np.float32)
-    if not docs.shape[0]:
-      raise ValueError("cannot search an empty corpus (0 document vectors)")
-    if not np.all(np.isfinite(docs.data)):
-      raise ValueError("document vectors contain NaN or infinity")
-    self.embeddings, self._transposed = docs, docs.T.tocsr()
-    self.num_docs, self.dim = docs.shape
-    self._query_block = query_block
-
-  def search(self, queries, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """queries [Q, V] (CSR or dense) -> (scores [Q, k'], indices [Q, k'] int64), k' = min(k, N)."""
-    import scipy.sparse  # pylint: disable=g-import-not-at-top
-    queries = scipy.sparse.csr_matrix(queries, dtype=np.float32)
-    if queries.shape[1] != self.dim:
-      raise ValueError(f"query dimension {queries.shape[1]} != document dimension {self.dim}")
-    k = min(int(k), self.num_docs)
-    if k < 1:
-      raise ValueError(f"k must be >= 1, got {k}")
-    scores_out = np.zeros((queries.shape[0], k), np.float32)
-    indices_out = np.zeros((queries.shape[0], k), np.int64)
-    for start in range(0, queries.shape[0], self._query_block):
-      block = (queries[start:start + self._query_block] @ self._transposed).toarray()
-      top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < self.num_docs else (
-          np.tile(np.arange(self.num_docs), (len(block), 1)))
-      for row, candidates in enumerate(top):
-        values = block[row, candidates]
-        # The k-th score may tie with documents argpartition left out: take every document
-        # scoring at least that much, then order by score desc, index asc.
-        threshold = values.min()
-        tied = np.flatnonzero(block[row] >= threshold)
-        order = np.lexsort((tied, -block[row, tied]))[:k]
-        indices_out[start + row] = tied[order]
-        scores_out[start + row] = block[row, tied[order]]
-    return scores_out, indices_out
-
-
 def make_searcher(kind: str, doc_embeddings, k: int,
-                  scann_config: Optional[ScannConfig] = None):
-  """'exact' -> ExactSearcher (SparseExactSearcher for sparse vectors), 'scann' ->
-  ScannSearcher (gin's ScannConfig() by default)."""
+                  scann_config: Optional[ScannConfig] = None, seismic_config=None):
+  """Dense embeddings: 'exact' -> ExactSearcher, 'scann' -> ScannSearcher (gin's ScannConfig()
+  by default). Sparse vectors (scipy): 'exact' -> dualenc.sparse.index.InvertedIndex,
+  'seismic' -> SeismicIndex (gin's SeismicConfig() by default)."""
   import scipy.sparse  # pylint: disable=g-import-not-at-top
+  if kind not in SEARCHERS:
+    raise ValueError(f"unknown searcher {kind!r}; expected one of {SEARCHERS}")
   if scipy.sparse.issparse(doc_embeddings):
-    if kind != "exact":
-      raise ValueError(f"searcher {kind!r} is for dense embeddings; sparse vectors are searched "
-                       "exactly (searcher='exact')")
-    return SparseExactSearcher(doc_embeddings)
+    if kind == "scann":
+      raise ValueError("searcher 'scann' is for dense embeddings; sparse vectors are searched "
+                       "by 'exact' (an inverted index) or 'seismic'")
+    return sparse_index.make_sparse_searcher(kind, doc_embeddings, seismic_config)
+  if kind == "seismic":
+    raise ValueError("searcher 'seismic' is for sparse vectors; dense embeddings are searched "
+                     "by 'exact' or 'scann'")
   if kind == "exact":
     return ExactSearcher(doc_embeddings)
-  if kind == "scann":
-    return ScannSearcher(doc_embeddings, k, scann_config or ScannConfig())
-  raise ValueError(f"unknown searcher {kind!r}; expected one of {SEARCHERS}")
+  return ScannSearcher(doc_embeddings, k, scann_config or ScannConfig())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,84 +330,5 @@ def run_from_hits(scores: np.ndarray, indices: np.ndarray, query_ids: Sequence[s
   return run
 
 
-class Index:
-  """A searcher with its document ids (and optionally texts), saved as one directory.
-
-  Layout: `index.json` (format, kind, settings, extra metadata such as how to load the query
-  encoder), `doc_ids.json`, `doc_texts.json` (optional, for showing results), and
-  `embeddings.npy` (exact) or `scann/` (ScaNN assets).
-  """
-
-  def __init__(self, searcher, doc_ids: Sequence[str], doc_texts: Optional[Sequence[str]] = None,
-               metadata: Optional[dict] = None):
-    if len(doc_ids) != searcher.num_docs:
-      raise ValueError(f"{len(doc_ids)} document ids for an index of {searcher.num_docs}")
-    self.searcher, self.doc_ids = searcher, list(doc_ids)
-    self.doc_texts = list(doc_texts) if doc_texts is not None else None
-    self.metadata = dict(metadata or {})
-
-  def search(self, query_embeddings: np.ndarray, k: int) -> List[List[Tuple[str, float]]]:
-    scores, indices = self.searcher.search(query_embeddings, k)
-    return [[(self.doc_ids[i], float(s)) for s, i in zip(srow, irow) if i >= 0]
-            for srow, irow in zip(scores.tolist(), indices.tolist())]
-
-  def save(self, directory) -> Any:
-    """Writes the index to `directory` (local or gs://); an index already there is replaced
-    only once the new one is complete."""
-    directory = fs.path(directory)
-    with fs.staged_directory(directory) as staging:
-      settings = {}
-      if self.searcher.kind == "exact":
-        np.save(staging / "embeddings.npy", self.searcher.embeddings)
-      elif self.searcher.kind == "sparse_exact":
-        import scipy.sparse  # pylint: disable=g-import-not-at-top
-        scipy.sparse.save_npz(staging / "vectors.npz", self.searcher.embeddings)
-      else:
-        self.searcher.serialize(staging / "scann")
-        settings = self.searcher.settings
-      (staging / "doc_ids.json").write_text(json.dumps(self.doc_ids))
-      if self.doc_texts is not None:
-        (staging / "doc_texts.json").write_text(json.dumps(self.doc_texts))
-      (staging / "index.json").write_text(json.dumps(
-          {"format_version": INDEX_FORMAT_VERSION, "kind": self.searcher.kind,
-           "num_docs": self.searcher.num_docs, "dim": self.searcher.dim, "settings": settings,
-           "metadata": self.metadata}, indent=2, sort_keys=True))
-    return directory
-
-  @classmethod
-  def load(cls, directory) -> "Index":
-    directory = fs.path(directory)
-    meta_path = directory / "index.json"
-    if not meta_path.is_file():
-      inside = sorted(p.name for p in directory.iterdir()
-                      if (p / "index.json").is_file()) if directory.is_dir() else []
-      if inside:
-        raise FileNotFoundError(
-            f"{directory} holds one index per task ({', '.join(inside)}); pass "
-            f"--index_dir={directory / inside[0]} (or another of them)")
-      raise FileNotFoundError(f"{directory}: not a dualenc index (no index.json)")
-    with fs.local_copy(directory) as local:
-      return cls._load_local(local, os.fspath(meta_path))
-
-  @classmethod
-  def _load_local(cls, directory: pathlib.Path, where: str) -> "Index":
-    meta = json.loads((directory / "index.json").read_text())
-    if meta.get("format_version") != INDEX_FORMAT_VERSION:
-      raise ValueError(f"{where}: format_version {meta.get('format_version')!r}, this "
-                       f"dualenc reads {INDEX_FORMAT_VERSION}")
-    if meta["kind"] == "exact":
-      searcher = ExactSearcher(np.load(directory / "embeddings.npy", allow_pickle=False))
-    elif meta["kind"] == "sparse_exact":
-      import scipy.sparse  # pylint: disable=g-import-not-at-top
-      searcher = SparseExactSearcher(scipy.sparse.load_npz(directory / "vectors.npz"))
-    elif meta["kind"] == "scann":
-      searcher = ScannSearcher.load(directory / "scann", meta["settings"])
-    else:
-      raise ValueError(f"{where}: unknown index kind {meta['kind']!r}")
-    doc_ids = json.loads((directory / "doc_ids.json").read_text())
-    texts_path = directory / "doc_texts.json"
-    texts = json.loads(texts_path.read_text()) if texts_path.is_file() else None
-    if len(doc_ids) != searcher.num_docs:
-      raise ValueError(f"{where}: doc_ids.json has {len(doc_ids)} ids for an index of "
-                       f"{searcher.num_docs} documents")
-    return cls(searcher, doc_ids, texts, meta.get("metadata"))
+# The saved index (searcher + ids + texts) lives in dualenc/index.py, which imports no JAX.
+from dualenc.index import INDEX_FORMAT_VERSION, Index  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import

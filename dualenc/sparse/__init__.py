@@ -3,6 +3,8 @@
   dualenc.sparse.functions   the pure functions (document_weights, query_weights, flops, ...)
   dualenc.sparse.idf         IDF tables: compute_idf, idf.json, `python -m dualenc.sparse.idf`
   dualenc.sparse.model       SparseEncoder (inference-free, SPLADE-doc, siamese SPLADE)
+  dualenc.sparse.query       QueryEncoder: the model-free query side (tokenizer + IDF, NumPy)
+  dualenc.sparse.index       InvertedIndex (exact) and SeismicIndex (approximate) search
 
 The contract's functions are importable from here (`dualenc.sparse.flops`, ...). They load
 on first use, so importing this package pulls in neither JAX nor TensorFlow (a query needs
