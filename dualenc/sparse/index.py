@@ -11,7 +11,8 @@ as sparse models and IDF tables give, exactly those scoring above 0). NumPy and 
 the CSR of its transpose [V, n]: postings list t = the shard's documents with a weight on term
 t. A block of queries is scored against one shard at a time (a sparse product, then a
 [block, n] score matrix and argpartition), merged into a running top-k, so memory is bounded by
-one shard. Saved as plain .npy arrays that load memory-mapped: a corpus larger than memory is
+one shard; a single query (`search_one`, the served path) sums its terms' postings with one
+np.bincount. Saved as plain .npy arrays that load memory-mapped: a corpus larger than memory is
 searched with the OS paging in the postings the queries touch.
 
 `SeismicIndex` (approximate, `pyseismic-lsr`; Bruch et al., SIGIR 2024): postings pruned to
@@ -140,23 +141,19 @@ class InvertedIndex:
   def search_one(self, term_ids: np.ndarray, weights: np.ndarray, k: int
                  ) -> Tuple[np.ndarray, np.ndarray]:
     """One query as (term ids [n], weights [n] > 0) -> (scores [<=k], doc indices [<=k]) of the
-    documents scoring above 0: gathers the query terms' postings in one pass and sums them per
-    document with np.bincount (a few NumPy calls whatever the query's length), then a partition
-    for the top-k."""
+    documents scoring above 0: concatenates the query terms' postings and sums them per document
+    with one np.bincount, then a partition for the top-k."""
     term_ids = np.asarray(term_ids, np.int64)
-    weights = np.asarray(weights, np.float32)
+    weights = np.asarray(weights, np.float32).tolist()
     parts = []
     for shard, offset in zip(self.shards, self.offsets):
-      starts = shard.indptr[term_ids]
-      lengths = shard.indptr[term_ids + 1] - starts
-      total = int(lengths.sum())
-      if not total:
+      starts, ends = shard.indptr[term_ids].tolist(), shard.indptr[term_ids + 1].tolist()
+      if not any(e > b for b, e in zip(starts, ends)):
         continue
-      # Positions of every posting of every query term in the shard's arrays.
-      positions = np.arange(total) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-      docs = shard.indices[positions]
-      scores = np.bincount(docs, weights=shard.data[positions] * np.repeat(weights, lengths),
-                           minlength=shard.shape[1])
+      # One slice per query term, concatenated: fewer NumPy calls than gathering by position.
+      docs = np.concatenate([shard.indices[b:e] for b, e in zip(starts, ends)])
+      values = np.concatenate([shard.data[b:e] * w for b, e, w in zip(starts, ends, weights)])
+      scores = np.bincount(docs, weights=values, minlength=shard.shape[1])
       # The k-th largest score bounds the candidates (every document tied with it included,
       # so ties go by id); only positive scores are matches.
       n = len(scores)
