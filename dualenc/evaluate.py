@@ -70,6 +70,7 @@ import dataclasses
 import hashlib
 import importlib
 import logging
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import gin
@@ -299,7 +300,6 @@ def evaluate_bm25(searcher, checked: "retrieval.CheckedData", name: str,
                   options: "retrieval.RetrievalOptions") -> "retrieval.TaskResult":
   """BM25's run, metrics, index bytes and query latency over checked data."""
   from dualenc import latency  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
   depth = options.top_k + options.drop_self_hits
   start = time.perf_counter()
   scores, indices = searcher.search(checked.query_texts, depth)

@@ -31,6 +31,20 @@ SPARSE_KINDS = ("inverted", "seismic", "sparse_exact")
 QUERY_ENCODER_DIR = "query_encoder"
 
 
+def write_searcher(searcher, directory: pathlib.Path) -> None:
+  """The searcher's own files into `directory` (layout in the module docstring)."""
+  kind = searcher.kind
+  if kind == "exact":
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / "embeddings.npy", searcher.embeddings)
+  elif kind in ("inverted", "seismic"):
+    searcher.save(directory / kind)
+  elif kind == "scann":
+    searcher.serialize(directory / "scann")
+  else:
+    raise ValueError(f"cannot save a searcher of kind {kind!r}")
+
+
 class Index:
   """A searcher with its document ids, optional texts and metadata, saved as one directory.
 
@@ -76,17 +90,9 @@ class Index:
     only once the new one is complete."""
     directory = fs.path(directory)
     with fs.staged_directory(directory) as staging:
-      settings = dict(getattr(self.searcher, "settings", {}) or {})
       kind = self.searcher.kind
-      if kind == "exact":
-        np.save(staging / "embeddings.npy", self.searcher.embeddings)
-        settings = {}
-      elif kind in ("inverted", "seismic"):
-        self.searcher.save(staging / kind)
-      elif kind == "scann":
-        self.searcher.serialize(staging / "scann")
-      else:
-        raise ValueError(f"cannot save a searcher of kind {kind!r}")
+      write_searcher(self.searcher, staging)
+      settings = {} if kind == "exact" else dict(getattr(self.searcher, "settings", {}) or {})
       if self.query_encoder is not None:
         self.query_encoder.save(staging / QUERY_ENCODER_DIR)
       (staging / "doc_ids.json").write_text(json.dumps(self.doc_ids))

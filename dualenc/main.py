@@ -165,8 +165,9 @@ def _dense_latency(encoders: retrieval.ModelEncoders, doc_embeddings: np.ndarray
               index_bytes=int(doc_embeddings.nbytes))
 
 
-def _sparse_half(model_dir, dense_step: int, dense: retrieval.ModelEncoders, test_data,
-                 bindings: List[str], head_steps: int, head_texts: int) -> str:
+def _sparse_half(model_dir, dense_step: int, dense: retrieval.ModelEncoders,
+                 dense_metrics: Mapping[str, float], test_data, bindings: List[str],
+                 head_steps: int, head_texts: int) -> str:
   """Part 2: train the inference-free model, compare it with BM25 and the dense model."""
   from dualenc.sparse import bm25  # pylint: disable=g-import-not-at-top
   sparse_dir = fs.path(model_dir) / "sparse"
@@ -197,11 +198,10 @@ def _sparse_half(model_dir, dense_step: int, dense: retrieval.ModelEncoders, tes
   retrieval.write_task_outputs(bm25_result, fs.path(model_dir) / "eval" / "bm25", options,
                                bm25_searcher.settings, {})
   dense_dir = fs.path(model_dir) / "eval" / f"step_{dense_step}"
-  dense_metrics = json.loads((dense_dir / "metrics.json").read_text())
   doc_embeddings = dense.encode("document", checked.doc_ids, checked.doc_texts,
                                 cache_dir=dense_dir / "embeddings", cache_name=f"{TASK}.document")
-  dense_metrics.update(_dense_latency(dense, doc_embeddings, checked.query_texts,
-                                      options.top_k))
+  dense_metrics = dict(dense_metrics, **_dense_latency(dense, doc_embeddings,
+                                                      checked.query_texts, options.top_k))
 
   _banner("Results: BM25 vs dense vs inference-free sparse (test split)")
   print(f"{checked.counts['queries']} queries, {checked.counts['documents']} documents; top "
@@ -273,8 +273,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"  {key:16s} {path}")
   results = table + "\n"
   if not args.no_sparse:
-    results += "\n" + _sparse_half(model_dir, step, tuned, test_data, sparse_bindings,
-                                   args.mlm_head_steps, args.mlm_head_texts) + "\n"
+    results += "\n" + _sparse_half(model_dir, step, tuned, after.metrics, test_data,
+                                   sparse_bindings, args.mlm_head_steps,
+                                   args.mlm_head_texts) + "\n"
   fs.write_text(model_dir / "results.md", results)
   print(f"\nRun files: {_shown(model_dir)} (metrics.jsonl, config.gin, checkpoints/, eval/, "
         f"sparse/, results.md); {time.perf_counter() - started:.0f} s in all")

@@ -187,25 +187,18 @@ def model_free_query_encoder(retrieval_model: loading.RetrievalModel):
   from dualenc.sparse import query as query_lib  # pylint: disable=g-import-not-at-top
   tokenizer = retrieval_model.query_tokenizer
   vocab_path = corpus._vocab_path(tokenizer.vocabulary)  # pylint: disable=protected-access
-  params = jax.tree.map(np.asarray, retrieval_model.params)
-  return query_lib.QueryEncoder.from_model(model, params, vocab_path, tokenizer.max_length)
+  return query_lib.QueryEncoder.from_model(model, retrieval_model.params, vocab_path,
+                                          tokenizer.max_length)
 
 
 def index_bytes(searcher) -> int:
   """Bytes of the searcher's index as `Index.save` writes it (vectors, postings, codebooks)."""
   import tempfile  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
+  from dualenc import index as index_lib  # pylint: disable=g-import-not-at-top
+  from dualenc.sparse import index as sparse_index  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
-    directory = pathlib.Path(tmp) / "index"
-    if searcher.kind == "exact":
-      directory.mkdir()
-      np.save(directory / "embeddings.npy", searcher.embeddings)
-    elif searcher.kind == "scann":
-      searcher.serialize(directory)
-    else:
-      searcher.save(directory)
-    from dualenc.sparse import index as sparse_index  # pylint: disable=g-import-not-at-top
-    return sparse_index.directory_bytes(directory)
+    index_lib.write_searcher(searcher, fs.path(tmp))
+    return sparse_index.directory_bytes(tmp)
 
 
 def evaluate_retrieval(encoders: ModelEncoders, data, *, name: str = "task",
