@@ -19,6 +19,17 @@ import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
 
+def one_cpu_device_per_core() -> None:
+  """Before JAX starts: one CPU device per core, so sharded encoding keeps every core busy (see
+  dualenc/evaluation/encode.py). An explicit device count in XLA_FLAGS wins; accelerators are
+  unaffected; too late (no effect) once JAX is imported."""
+  import os  # pylint: disable=g-import-not-at-top
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count="
+                               f"{os.cpu_count() or 1}").strip()
+
+
 def bad_input_errors() -> tuple:
   """Exceptions that mean "the input is wrong" (file, line, gin binding or flag named in the
   message), as opposed to a bug, whose traceback is kept."""

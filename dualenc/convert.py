@@ -3,6 +3,7 @@
   module, variables = from_huggingface(path, dtype="float32")
   hidden = module.apply(variables, input_ids, attention_mask)     # [batch, length, d_model]
   mlm, variables = from_huggingface(path, mlm_head=True)           # BertForMaskedLM -> logits
+  sparse = load_sparse_encoder(path)   # SparseEncoder dir -> dualenc.sparse.SparseEncoder + params
 
 `path` is a directory written by transformers' `save_pretrained`: config.json plus
 model.safetensors, pytorch_model.bin, or a sharded `*.index.json` variant. Only encoder weights
@@ -411,6 +412,13 @@ def from_huggingface(path: PathLike, dtype: str = "float32", *, param_dtype: str
   return module, {"params": params}
 
 
-# sentence-transformers directories live in their own module; re-exported for convenience.
+# sentence-transformers directories live in their own modules; re-exported for convenience.
 from dualenc.sentence_transformer import (  # noqa: E402  pylint: disable=g-import-not-at-top
     POOLING_MODES, SentenceTransformerModel, load_sentence_transformer, minilm_path)
+
+
+def load_sparse_encoder(path: PathLike, **kwargs):
+  """A sentence-transformers SparseEncoder (or SPLADE BertForMaskedLM) directory as a
+  `dualenc.sparse.SparseEncoder` and its params: `dualenc.sparse.pretrained.load`."""
+  from dualenc.sparse import pretrained  # pylint: disable=g-import-not-at-top
+  return pretrained.load(path, **kwargs)

@@ -56,10 +56,8 @@ def _one_cpu_device_per_core() -> None:
   if (program is None or program.name not in _ENTRY_POINTS
       or program.parent != pathlib.Path(__file__).resolve().parent):
     return
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
-    os.environ["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count="
-                               f"{os.cpu_count() or 1}").strip()
+  from dualenc import cli  # pylint: disable=g-import-not-at-top
+  cli.one_cpu_device_per_core()
 
 
 _one_cpu_device_per_core()
@@ -106,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
   source.add_argument("--checkpoint", help="dualenc checkpoint: MODEL_DIR/checkpoints/N, or "
                       "MODEL_DIR for its newest checkpoint")
   source.add_argument("--hf_checkpoint", help="Hugging Face / sentence-transformers directory")
+  source.add_argument("--hf_sparse", choices=loading.SPARSE_KINDS, default="auto",
+                      help="--hf_checkpoint: auto reads a SparseEncoder directory (or a "
+                           "BertForMaskedLM with idf.json) as a sparse model; splade reads a "
+                           "BertForMaskedLM as siamese SPLADE; dense never reads one as sparse")
+  source.add_argument("--missing_idf", type=float, default=0.0,
+                      help="--hf_checkpoint: IDF of tokens its idf.json lacks (0.0 as "
+                           "sentence-transformers reads it, 1.0 as OpenSearch's training code)")
   source.add_argument("--bm25", action="store_true",
                       help="BM25 (bm25s: Lucene BM25, English stop words, Snowball stemming) "
                            "over --beir_dir, the lexical baseline")
@@ -239,7 +244,8 @@ def prepare(args, bindings: Sequence[str], parser: argparse.ArgumentParser,
     split = args.split or "test"
     reader = readers.open_dataset(beir_dir, "beir", on_bad_record=args.on_bad_record)
     model = loading.from_hf_checkpoint(args.hf_checkpoint, dtype=args.dtype or "float32",
-                                       max_length=args.max_length)
+                                       max_length=args.max_length, sparse=args.hf_sparse,
+                                       missing_idf=args.missing_idf)
     tasks = {beir_dir.name: lambda: reader.eval_data(split)}
     feature_lengths, step_dir = None, None
   else:

@@ -44,7 +44,8 @@ def load_query_model(metadata: dict):
     return loading.from_hf_checkpoint(
         source["hf_checkpoint"], dtype=source.get("dtype", "float32"),
         max_length=source.get("max_length"), pooling=source.get("pooling"),
-        normalize=source.get("normalize"))
+        normalize=source.get("normalize"), sparse=source.get("sparse", "auto"),
+        missing_idf=source.get("missing_idf", 0.0))
   if source.get("dualenc_checkpoint") and source.get("gin_config"):
     from dualenc.evaluation import retrieval  # pylint: disable=g-import-not-at-top
     evaluate._import_task_modules()  # pylint: disable=protected-access

@@ -282,8 +282,15 @@ def _on_mesh(tree, mesh):
 
 def _load_pretrained_encoder(path: str, model):
   """Encoder params from a Hugging Face directory (config.json inside); with its MLM head when
-  the model has one (a sparse model) and the checkpoint holds it."""
+  the model has one (a sparse model) and the checkpoint holds it. A sentence-transformers
+  SparseEncoder directory gives a sparse model everything, its IDF table included."""
   from dualenc import convert
+  if getattr(model, "architecture", None) == "sparse" and (
+      fs.path(path) / "modules.json").exists():
+    from dualenc.sparse import pretrained  # pylint: disable=g-import-not-at-top
+    with fs.local_copy(path) as local:
+      return pretrained.load(local, missing_idf=model.missing_idf,
+                             dtype=model.encoder_config.dtype).params
   if not (fs.path(path) / "config.json").exists():
     raise ValueError(f"INITIAL_CHECKPOINT_PATH={path!r}: expected a Hugging Face checkpoint "
                      "directory with config.json")

@@ -20,7 +20,7 @@ from typing import Callable, List, Tuple
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROGRAMS = ("dualenc/main.py", "dualenc/train.py", "dualenc/evaluate.py", "dualenc/search.py",
             "dualenc/analysis.py", "dualenc/data/default_dataset.py", "dualenc/sparse/idf.py",
-            "dualenc/sparse/mlm_head.py", "dualenc/sparse/mine.py")
+            "dualenc/sparse/mlm_head.py", "dualenc/sparse/mine.py", "dualenc/export/main.py")
 
 # Commands not run, with the reason (matched as a prefix of the command).
 NOT_RUN = {
@@ -211,15 +211,23 @@ def _join_continuations(lines: List[str]) -> List[str]:
   return commands
 
 
+# A ```python block whose first line says so runs too, as `python -c '<the block>'`.
+RUNNABLE_PYTHON = "# Runs after the commands above"
+
+
 def readme_commands(text: str) -> List[str]:
-  """Commands in ```bash / ```sh / ```shell blocks, in order."""
-  commands, block = [], None
+  """Commands in ```bash / ```sh / ```shell blocks, and runnable ```python blocks, in order."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  commands, block, kind = [], None, None
   for line in text.splitlines():
     stripped = line.strip()
-    if block is None and re.fullmatch(r"```(bash|sh|shell)", stripped):
-      block = []
+    if block is None and re.fullmatch(r"```(bash|sh|shell|python)", stripped):
+      block, kind = [], stripped[3:]
     elif block is not None and stripped == "```":
-      commands.extend(_join_continuations(block))
+      if kind != "python":
+        commands.extend(_join_continuations(block))
+      elif block and block[0].startswith(RUNNABLE_PYTHON):
+        commands.append("python -c " + shlex.quote("\n".join(block)))
       block = None
     elif block is not None:
       block.append(line)

@@ -108,6 +108,10 @@ class WordPieceVocabulary(seqio.Vocabulary):
     return self._vocab_path
 
   @property
+  def lower_case(self) -> bool:
+    return self._lower_case
+
+  @property
   def pad_id(self) -> int:
     return PAD_ID
 

@@ -24,7 +24,11 @@ from flax import linen as nn
 from dualenc import convert
 from dualenc import fs
 from dualenc import towers
+# Gin configurables: imported here, before a program's gin config is locked, because a
+# Hugging Face checkpoint may turn out to be a sparse model only once it is read.
+from dualenc.data import vocabularies
 from dualenc.evaluation import encode
+from dualenc.sparse import pretrained
 
 # sentence-transformers pooling modes -> DualEncoder.pooling
 _POOLINGS = {"mean": "mean", "cls": "first"}
@@ -57,19 +61,33 @@ def _weights_identity(directory) -> Dict[str, Any]:
   return {p.name: fs.identity(p) for p in files}
 
 
+SPARSE_KINDS = ("auto", "splade", "dense")
+
+
 def from_hf_checkpoint(path, *, dtype: str = "float32", max_length: Optional[int] = None,
-                       pooling: Optional[str] = None,
-                       normalize: Optional[bool] = None) -> RetrievalModel:
-  """A Hugging Face checkpoint as a shared-tower (SDE) retrieval model.
+                       pooling: Optional[str] = None, normalize: Optional[bool] = None,
+                       sparse: str = "auto", missing_idf: float = 0.0) -> RetrievalModel:
+  """A Hugging Face checkpoint as a shared-tower (SDE) retrieval model, or as a sparse one.
 
   With sentence-transformers files (modules.json) the pipeline's pooling, normalisation and
   max_seq_length are used (all-MiniLM-L6-v2: mean, normalised, 256); otherwise mean pooling,
   normalised, and the model's maximum positions (512 for T5). Arguments override either.
-  Raises convert.CheckpointError for unsupported or malformed checkpoints.
+
+  sparse: 'auto' reads a sentence-transformers SparseEncoder directory, or a BertForMaskedLM
+  with an idf.json beside it, as a `dualenc.sparse.SparseEncoder` (`sparse.pretrained`; tokens
+  idf.json lacks get `missing_idf`); 'splade' reads a bare BertForMaskedLM as siamese SPLADE;
+  'dense' never reads a sparse model. Raises convert.CheckpointError for unsupported or
+  malformed checkpoints.
   """
+  if sparse not in SPARSE_KINDS:
+    raise ValueError(f"sparse={sparse!r}; expected one of {SPARSE_KINDS}")
   source_dir = fs.path(path)
   if not source_dir.is_dir():
     raise convert.CheckpointError(f"--hf_checkpoint {source_dir}: directory not found")
+  if sparse != "dense":
+    with fs.local_copy(source_dir) as directory:
+      if sparse == "splade" or _is_sparse(directory):
+        return _sparse_model(directory, source_dir, sparse, missing_idf, dtype, max_length)
   with fs.local_copy(source_dir) as directory:
     model, params, tokenizer, settings, weights_subdir = _load_hf(directory, dtype, max_length,
                                                                   pooling, normalize)
@@ -79,6 +97,34 @@ def from_hf_checkpoint(path, *, dtype: str = "float32", max_length: Optional[int
                  "dtype": dtype, "tokenizer": text_tokenizer.fingerprint}
   source = {"hf_checkpoint": str(source_dir), "dtype": dtype, **settings}
   return RetrievalModel(model, params, text_tokenizer, text_tokenizer, fingerprint, source)
+
+
+def _is_sparse(directory: pathlib.Path) -> bool:
+  if (directory / "modules.json").is_file():
+    return pretrained.is_sparse_encoder_dir(directory)
+  return (directory / "idf.json").is_file() and (directory / "config.json").is_file() and \
+      convert.has_mlm_head(directory)
+
+
+def _sparse_model(directory: pathlib.Path, source_dir, sparse: str, missing_idf: float,
+                  dtype: str, max_length: Optional[int]) -> RetrievalModel:
+  """A public sparse model (`dualenc.sparse.pretrained`) with dualenc's WordPiece framing,
+  which gives the Hugging Face BERT tokenizer's ids."""
+  loaded = pretrained.load(directory, kind="splade" if sparse == "splade" else "auto",
+                           missing_idf=missing_idf, dtype=dtype)
+  vocabulary = vocabularies.WordPieceVocabulary(loaded.vocab_path, lower_case=loaded.lower_case)
+  lengths = {side: min(max_length, n) if max_length else n for side, n in loaded.lengths.items()}
+  settings = dict(loaded.settings, query_max_length=lengths["query"],
+                  document_max_length=lengths["document"])
+  fingerprint = {"kind": "hf_sparse", "path": str(source_dir),
+                 "weights": _weights_identity_tree(source_dir), "missing_idf": missing_idf,
+                 "dtype": dtype, **settings}
+  source = {"hf_checkpoint": str(source_dir), "dtype": dtype, "sparse": sparse,
+            "missing_idf": missing_idf, "max_length": max_length}
+  return RetrievalModel(loaded.model, loaded.params,
+                        encode.SeqioTokenizer(vocabulary, lengths["query"]),
+                        encode.SeqioTokenizer(vocabulary, lengths["document"]), fingerprint,
+                        source)
 
 
 def _load_hf(directory: pathlib.Path, dtype: str, max_length: Optional[int],

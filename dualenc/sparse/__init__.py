@@ -5,6 +5,7 @@
   dualenc.sparse.model       SparseEncoder (inference-free, SPLADE-doc, siamese SPLADE)
   dualenc.sparse.query       QueryEncoder: the model-free query side (tokenizer + IDF, NumPy)
   dualenc.sparse.index       InvertedIndex (exact) and SeismicIndex (approximate) search
+  dualenc.sparse.pretrained  public SparseEncoder / SPLADE directories as SparseEncoders
 
 The contract's functions are importable from here (`dualenc.sparse.flops`, ...). They load
 on first use, so importing this package pulls in neither JAX nor TensorFlow (a query needs

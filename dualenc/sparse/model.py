@@ -58,6 +58,8 @@ class SparseEncoder(nn.Module):
       e.g. {'^idf$': 100.0}); False keeps it fixed.
     vocab_path: the WordPiece vocab.txt idf.json's tokens are looked up in (default
       all-MiniLM-L6-v2's).
+    missing_idf: the IDF of tokens an idf.json lacks (idf_path here, or one beside a pretrained
+      start): 0.0 as sentence-transformers reads it, 1.0 as OpenSearch's training code does.
     prune_top_k, prune_ratio: at inference (deterministic calls), keep each document vector's
       k largest weights / those >= ratio x its largest (`functions.top_k_prune`); training
       never prunes.
@@ -73,6 +75,7 @@ class SparseEncoder(nn.Module):
   idf_path: Optional[str] = None
   idf_trainable: bool = True
   vocab_path: Optional[str] = None
+  missing_idf: float = 0.0
   prune_top_k: Optional[int] = None
   prune_ratio: Optional[float] = None
   architecture: str = "sparse"
@@ -161,17 +164,21 @@ class SparseEncoder(nn.Module):
     if len(tokens) != self.encoder_config.vocab_size:
       raise ValueError(f"SparseEncoder.vocab_path {vocab} has {len(tokens)} tokens, the encoder "
                        f"{self.encoder_config.vocab_size}")
-    return with_idf(params, idf_lib.load_idf(self.idf_path, tokens))
+    return with_idf(params, idf_lib.load_idf(self.idf_path, tokens, missing=self.missing_idf))
 
   def load_pretrained(self, params: Mapping[str, Any], pretrained: Mapping[str, Any]) -> dict:
     """Fills `params` from a converted BERT (`convert.from_huggingface`, with or without its
-    MLM head): token_embedder, encoder -> document_encoder, mlm_head when present; the rest
-    keeps its initialisation. Raises ValueError naming parameters of another shape."""
+    MLM head): token_embedder, encoder -> document_encoder, mlm_head when present; or from a
+    whole sparse model's params (`sparse.pretrained.load`), its IDF table included when this
+    model has one. The rest keeps its initialisation. Raises ValueError naming parameters of
+    another shape."""
     from dualenc import towers  # pylint: disable=g-import-not-at-top
     pretrained = dict(flax.core.unfreeze(pretrained))
     new = dict(flax.core.unfreeze(params))
     new["token_embedder"] = pretrained.pop("token_embedder", new["token_embedder"])
-    encoder = pretrained.pop("encoder", None)
+    if "idf" in pretrained and "idf" in new:
+      new["idf"] = pretrained.pop("idf")
+    encoder = pretrained.pop("encoder", None) or pretrained.pop("document_encoder", None)
     if encoder is None:  # a bare BertModel conversion: the encoder tree at the top level
       encoder = {k: v for k, v in pretrained.items() if k != "mlm_head"}
     encoder = dict(encoder)
