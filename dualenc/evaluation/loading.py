@@ -84,11 +84,9 @@ def from_hf_checkpoint(path, *, dtype: str = "float32", max_length: Optional[int
   source_dir = fs.path(path)
   if not source_dir.is_dir():
     raise convert.CheckpointError(f"--hf_checkpoint {source_dir}: directory not found")
-  if sparse != "dense":
-    with fs.local_copy(source_dir) as directory:
-      if sparse == "splade" or _is_sparse(directory):
-        return _sparse_model(directory, source_dir, sparse, missing_idf, dtype, max_length)
   with fs.local_copy(source_dir) as directory:
+    if sparse == "splade" or (sparse == "auto" and _is_sparse(directory)):
+      return _sparse_model(directory, source_dir, sparse, missing_idf, dtype, max_length)
     model, params, tokenizer, settings, weights_subdir = _load_hf(directory, dtype, max_length,
                                                                   pooling, normalize)
   text_tokenizer = encode.HfTokenizer(tokenizer, settings["max_length"])

@@ -99,6 +99,8 @@ def _load(args, bindings, parser):
   from dualenc.evaluation import loading  # pylint: disable=g-import-not-at-top
   from dualenc.evaluation import retrieval  # pylint: disable=g-import-not-at-top
   import gin  # pylint: disable=g-import-not-at-top
+  if not fs.path(args.checkpoint).exists():
+    raise convert.CheckpointError(f"--checkpoint {args.checkpoint}: not found")
   step_dir = checkpoints.step_directory(args.checkpoint)
   run_config = step_dir.parent.parent / "config.gin"
   if not run_config.is_file():
@@ -240,10 +242,13 @@ def export(args, bindings: Sequence[str], parser: argparse.ArgumentParser) -> Di
   with fs.staged_directory(output_dir) as staging:
     write(staging)
   print(f"exported {step_dir} ({manifest['model']['kind']}) as {args.format} to {output_dir}")
-  top_k = manifest["model"]["prune_top_k"]
-  if args.format == "sentence-transformers" and top_k:
+  top_k, ratio = manifest["model"]["prune_top_k"], manifest["model"]["prune_ratio"]
+  if args.format != "opensearch" and top_k:
     print(f"note: the model keeps {top_k} terms per document; pass max_active_dims={top_k} "
           "to SparseEncoder(...) or encode_document(...) for the same vectors")
+  if args.format != "opensearch" and ratio:
+    print(f"note: the model drops document weights under {ratio} x the largest; "
+          "sentence-transformers has no such option, so its vectors keep them")
   return manifest
 
 
