@@ -276,6 +276,42 @@ def test_a_sentence_transformers_sparse_model_imports_and_scores_the_same(
   np.testing.assert_allclose(queries @ documents.T, theirs_q @ theirs_d.T, rtol=1e-4)
 
 
+def test_sentence_transformers_5_layouts_and_an_idf_json_query_side_import(tmp_path,
+                                                                         random_bert_mlm):
+  """sentence-transformers 5.x module paths (models.Router, MLMTransformer), max_seq_length in
+  sentence_bert_config.json, and a SparseStaticEmbedding whose config names an idf.json."""
+  weight = np.random.default_rng(2).uniform(0.5, 6.0, 30522).astype(np.float32)
+  _, directory = _st_inference_free(tmp_path, random_bert_mlm, weight)
+  current = pretrained.load(directory)
+  router = json.loads((directory / "router_config.json").read_text())
+  router["types"] = {name: {"SparseStaticEmbedding":
+                            "sentence_transformers.sparse_encoder.models.SparseStaticEmbedding",
+                            "Transformer": "sentence_transformers.sparse_encoder.models.MLMTransformer",
+                            "SpladePooling": "sentence_transformers.sparse_encoder.models.SpladePooling"
+                            }[name.split("_", 2)[2]] for name in router["types"]}
+  (directory / "router_config.json").write_text(json.dumps(router))
+  (directory / "modules.json").write_text(json.dumps(
+      [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Router"}]))
+  (directory / "document_0_Transformer" / "sentence_bert_config.json").write_text(
+      json.dumps({"max_seq_length": 24, "do_lower_case": False}))
+  query_dir = directory / "query_0_SparseStaticEmbedding"
+  (query_dir / "model.safetensors").unlink()
+  (query_dir / "config.json").write_text(json.dumps({"frozen": True, "path": "idf.json"}))
+  (query_dir / "idf.json").write_text(json.dumps({"protein": 5.0}))
+  for missing in (0.0, 1.0):
+    old = pretrained.load(directory, missing_idf=missing)
+    assert old.settings["layout"] == "inference-free" and old.lengths["document"] == 24
+    idf = np.asarray(old.params["idf"])
+    assert idf[_vocab_tokens(old).index("protein")] == 5.0 and np.sum(idf != missing) == 1
+    np.testing.assert_array_equal(np.asarray(old.params["mlm_head"]["output_bias"]),
+                                  np.asarray(current.params["mlm_head"]["output_bias"]))
+
+
+def _vocab_tokens(loaded):
+  from dualenc.sparse import idf as idf_lib
+  return idf_lib.vocab_tokens(loaded.vocab_path)
+
+
 def test_siamese_splade_and_bert_mlm_with_idf_json_import(tmp_path, texts, random_bert_mlm):
   from sentence_transformers import SparseEncoder
   from sentence_transformers.sparse_encoder.modules import SpladePooling
