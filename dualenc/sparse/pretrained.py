@@ -216,30 +216,27 @@ def load(path, *, kind: str = "auto", missing_idf: float = idf_lib.MISSING_AS_ZE
   if not modules:
     return _load_bert_mlm(directory, kind, missing_idf, dtype)
   names = [k for k, _ in modules]
-  where = {k: p for k, p in modules}
-  layout_error = CheckpointError(
-      f"{directory / 'modules.json'}: unsupported SparseEncoder layout {names}; expected "
-      "Router(query: SparseStaticEmbedding, document: MLMTransformer -> SpladePooling) or "
-      "MLMTransformer -> SpladePooling")
-  if names[:1] == ["route:query:SparseStaticEmbedding"] and len(names) == 3 and \
+  query_dir = None
+  if len(names) == 3 and names[0] == "route:query:SparseStaticEmbedding" and \
       names[1].split(":")[-1] in _MLM_MODULES and names[2] == "route:document:SpladePooling":
-    mlm_dir, pooling_dir = modules[1][1], modules[2][1]
-    vocab_path, lower_case = _vocabulary(mlm_dir)
-    tokens = idf_lib.vocab_tokens(vocab_path)
-    weights = _static_weights(where[names[0]], tokens, missing_idf)
-    model, params = _build(mlm_dir, query_encoder="idf", activation=_splade_activation(
-        pooling_dir), query_weights=weights, dtype=dtype)
-    query_dir, layout = where[names[0]], "inference-free"
-    query_pieces = _max_length(query_dir, 1_000_000) if (
-        query_dir / "tokenizer_config.json").is_file() else None
+    (_, query_dir), (_, mlm_dir), (_, pooling_dir) = modules
   elif len(names) == 2 and names[0] in _MLM_MODULES and names[1] == "SpladePooling":
-    mlm_dir, pooling_dir = modules[0][1], modules[1][1]
-    vocab_path, lower_case = _vocabulary(mlm_dir)
-    model, params = _build(mlm_dir, query_encoder="mlm", activation=_splade_activation(
-        pooling_dir), query_weights=None, dtype=dtype)
-    layout, query_pieces = "siamese", None
+    (_, mlm_dir), (_, pooling_dir) = modules
   else:
-    raise layout_error
+    raise CheckpointError(
+        f"{directory / 'modules.json'}: unsupported SparseEncoder layout {names}; expected "
+        "Router(query: SparseStaticEmbedding, document: MLMTransformer -> SpladePooling) or "
+        "MLMTransformer -> SpladePooling")
+  vocab_path, lower_case = _vocabulary(mlm_dir)
+  weights, query_pieces = None, None
+  if query_dir is not None:
+    weights = _static_weights(query_dir, idf_lib.vocab_tokens(vocab_path), missing_idf)
+    if (query_dir / "tokenizer_config.json").is_file():
+      query_pieces = _max_length(query_dir, 1_000_000)
+  model, params = _build(mlm_dir, query_encoder="mlm" if query_dir is None else "idf",
+                         activation=_splade_activation(pooling_dir), query_weights=weights,
+                         dtype=dtype)
+  layout = "siamese" if query_dir is None else "inference-free"
   limit = model.encoder_config.max_position_embeddings
   document = _max_length(mlm_dir, limit)
   # Inference-free queries are tokenized without [CLS]/[SEP]: dualenc's length counts them.
