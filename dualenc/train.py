@@ -32,6 +32,7 @@ from dualenc import checkpoints as checkpoints_lib
 from dualenc import evaluation
 from dualenc import flops
 from dualenc import fs
+from dualenc import grad_cache
 from dualenc import gin_utils
 from dualenc import losses
 from dualenc import metrics_log
@@ -73,6 +74,7 @@ def train(*,
           mixture_or_task_name: str = gin.REQUIRED,
           train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED,
+          microbatch_size: Optional[int] = None,
           feature_lengths: Mapping[str, Any] = gin.REQUIRED,
           vocabulary: Optional[seqio.Vocabulary] = None,
           loss_fn: Callable[..., jax.Array] = losses.samtone,
@@ -101,6 +103,8 @@ def train(*,
     mixture_or_task_name: a registered seqio task or mixture.
     train_steps: total number of optimizer steps (resumed runs count from their checkpoint).
     batch_size: global batch size (split evenly over processes).
+    microbatch_size: gradient caching (dualenc.grad_cache): the towers run this many rows at a
+      time and the loss still sees the whole global batch; None: the whole batch at once.
     feature_lengths: task feature lengths {'inputs': Lq, 'targets': Ld
       [, 'negative_targets': [N, Ln]]} (TASK_FEATURE_LENGTHS).
     vocabulary: the model's vocabulary (overrides the tasks' own); None keeps theirs.
@@ -132,6 +136,8 @@ def train(*,
   if batch_size % mesh.shape["data"] or batch_size % jax.process_count():
     raise ValueError(f"BATCH_SIZE={batch_size} must divide evenly over the mesh's "
                      f"{mesh.shape['data']} data shards and {jax.process_count()} processes")
+  if microbatch_size:
+    grad_cache.check_microbatch_size(batch_size, microbatch_size, mesh.shape["data"])
   data = pipeline.make_batch_iterator(
       mixture_or_task_name, split="train", batch_size=batch_size,
       feature_lengths=feature_lengths, seed=seed, shard_index=jax.process_index(),
@@ -187,7 +193,9 @@ def train(*,
   # ----------------------------------------------------------------------------------------
   batch_shardings = {k: partitioning.batch_sharding(mesh, len(s))
                      for k, s in feature_shapes.items()}
-  step_fn = ts.make_train_step(model, optimizer, loss_fn, dropout_rng)
+  step_fn = ts.make_train_step(model, optimizer, loss_fn, dropout_rng,
+                               microbatch_size=microbatch_size,
+                               num_data_shards=mesh.shape["data"])
   # What the loss reads but nothing trains (teacher weights, corpus statistics): replicated.
   frozen_inputs = None
   if hasattr(loss_fn, "prepare"):
@@ -204,7 +212,11 @@ def train(*,
                       for k, (shape, dtype) in feature_specs.items()}
     traced_step = jitted_step.trace(abstract_state, abstract_batch, frozen_inputs)
     compiled_step = traced_step.lower().compile()
-  flops_per_step = flops.jaxpr_matmul_flops(traced_step.jaxpr)
+    # MFU counts the model's FLOPs: gradient caching's second forward pass is overhead.
+    model_step = traced_step if not microbatch_size else jax.jit(
+        ts.make_train_step(model, optimizer, loss_fn, dropout_rng)).trace(
+            abstract_state, abstract_batch, frozen_inputs)
+  flops_per_step = flops.jaxpr_matmul_flops(model_step.jaxpr)
   peak = peak_flops_per_device * flops.peak_units()
 
   # ----------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ every example's negatives are the whole global batch with no collectives written
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
+from dualenc import grad_cache
 from dualenc import losses
 
 PAD_ID = 0
@@ -37,7 +38,10 @@ def embed_batch(model, params: Any, batch: Mapping[str, jax.Array], *,
   """Feature dict -> (queries [B, D], positives [B, D], hard negatives [B, N, D] or None), for
   any model with the towers' interface (a DualEncoder, a sparse.SparseEncoder: D = V).
 
-  Positives and hard negatives go through the document tower in one call.
+  Positives and hard negatives go through the document tower in one call, each example's
+  positive followed by its negatives ([B * (1 + N), L] rows), so that under a data-parallel
+  mesh every row stays on the device that holds its example (concatenating [B, L] and
+  [B * N, L] instead gathers token rows across devices).
   """
   queries = batch["left_encoder_input_tokens"]
   documents = batch["right_encoder_input_tokens"]
@@ -45,16 +49,16 @@ def embed_batch(model, params: Any, batch: Mapping[str, jax.Array], *,
   batch_size = documents.shape[0]
   if negatives is not None:
     num_negatives = negatives.shape[1]
-    documents = jnp.concatenate(
-        [documents, negatives.reshape(batch_size * num_negatives, negatives.shape[-1])], axis=0)
+    documents = jnp.concatenate([documents[:, None], negatives], axis=1).reshape(
+        batch_size * (1 + num_negatives), documents.shape[-1])
   deterministic = dropout_rng is None
   rngs = None if deterministic else {"dropout": dropout_rng}
   q, d = model.apply({"params": params}, queries, attention_mask(queries), documents,
                      attention_mask(documents), deterministic=deterministic, rngs=rngs)
   hard = None
   if negatives is not None:
-    hard = d[batch_size:].reshape(batch_size, num_negatives, -1)
-    d = d[:batch_size]
+    d = d.reshape(batch_size, 1 + num_negatives, -1)
+    d, hard = d[:, 0], d[:, 1:]
   return q, d, hard
 
 
@@ -66,20 +70,19 @@ def _accepted(loss_fn: Callable[..., Any]) -> frozenset:
     return frozenset()
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation,
-                    loss_fn: Callable[..., Any], base_rng: jax.Array,
-                    use_ids_for_masking: bool = True):
-  """Returns train_step(state, batch, frozen=None) -> (state, metrics); jit it with shardings.
+def make_value_and_grad(model, loss_fn: Callable[..., Any], *, use_ids_for_masking: bool = True,
+                        microbatch_size: Optional[int] = None, num_data_shards: int = 1):
+  """Returns value_and_grad(params, batch, dropout_rng, step, frozen) -> ((loss, metrics),
+  grads) of `loss_fn` on the global batch's embeddings (see `make_train_step`).
 
-  The loss gets the embeddings of the global batch, and, when its signature asks for them,
-  `step` (the step number, traced), `batch` (the feature dict: token ids for in-step teachers)
-  and `frozen` (arrays the loss needs but nothing trains, e.g. teacher weights; passed to the
-  step as its third argument). It returns the loss, or (loss, {name: scalar}) to log more.
+  `microbatch_size` (a divisor of the global batch, a multiple of `num_data_shards`, the
+  mesh's data size) turns on gradient caching (dualenc.grad_cache): the same loss and
+  gradients over the whole global batch, with one microbatch of tower activations in memory.
   """
   accepted = _accepted(loss_fn)
 
-  def compute_loss(params, batch, dropout_rng, step, frozen):
-    q, d, hard = embed_batch(model, params, batch, dropout_rng=dropout_rng)
+  def loss_of_embeddings(embeddings, batch, step, frozen):
+    q, d, hard = embeddings
     extra = {}
     if use_ids_for_masking and "left_ids" in batch:
       extra.update(query_ids=batch["left_ids"], doc_ids=batch["right_ids"])
@@ -94,10 +97,41 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
     loss, loss_metrics = out if isinstance(out, tuple) else (out, {})
     return loss, dict(losses.contrastive_metrics(q, d), **loss_metrics)
 
+  def embed(params, batch, dropout_rng):
+    return embed_batch(model, params, batch, dropout_rng=dropout_rng)
+
+  def value_and_grad(params, batch, dropout_rng, step=0, frozen=None):
+    loss_of = lambda embeddings: loss_of_embeddings(embeddings, batch, step, frozen)
+    if microbatch_size:
+      tokens = {k: v for k, v in batch.items() if k.endswith("encoder_input_tokens")}
+      return grad_cache.cached_value_and_grad(
+          embed, loss_of, params, tokens, dropout_rng, microbatch_size=microbatch_size,
+          num_data_shards=num_data_shards)
+    return jax.value_and_grad(lambda p: loss_of(embed(p, batch, dropout_rng)), has_aux=True)(
+        params)
+
+  return value_and_grad
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation,
+                    loss_fn: Callable[..., Any], base_rng: jax.Array,
+                    use_ids_for_masking: bool = True,
+                    microbatch_size: Optional[int] = None, num_data_shards: int = 1):
+  """Returns train_step(state, batch, frozen=None) -> (state, metrics); jit it with shardings.
+
+  The loss gets the embeddings of the global batch, and, when its signature asks for them,
+  `step` (the step number, traced), `batch` (the feature dict: token ids for in-step teachers)
+  and `frozen` (arrays the loss needs but nothing trains, e.g. teacher weights; passed to the
+  step as its third argument). It returns the loss, or (loss, {name: scalar}) to log more.
+  `microbatch_size`: gradient caching, see `make_value_and_grad`.
+  """
+  value_and_grad = make_value_and_grad(
+      model, loss_fn, use_ids_for_masking=use_ids_for_masking,
+      microbatch_size=microbatch_size, num_data_shards=num_data_shards)
+
   def train_step(state: TrainState, batch, frozen=None):
     dropout_rng = jax.random.fold_in(base_rng, state.step)
-    (loss, metrics), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-        state.params, batch, dropout_rng, state.step, frozen)
+    (loss, metrics), grads = value_and_grad(state.params, batch, dropout_rng, state.step, frozen)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
