@@ -9,12 +9,13 @@ With `--run`, also trains a few real steps of the largest batch with microbatche
 `python -m dualenc.train` and reports the process's peak resident memory and seconds per step.
 
   .venv/bin/python benchmarks/train_memory.py [--batches 64 256 512] [--microbatch 32]
-      [--devices 2] [--run] [--run_steps 2]
+      [--devices 2] [--remat_batch 64] [--run] [--run_steps 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import subprocess
@@ -44,9 +45,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2.0**30
 
 
-def compiled_memory(batch_size, microbatch_size, mesh, query_length=32, document_length=128):
+def compiled_memory(batch_size, microbatch_size, mesh, query_length=32, document_length=128,
+                    remat_policy="none"):
   """XLA's memory analysis of one jitted train step: (temporaries, arguments) bytes per device."""
-  model = towers.DualEncoder(encoder_config=MINILM, architecture="ade_spl")
+  config = dataclasses.replace(MINILM, remat_policy=remat_policy)
+  model = towers.DualEncoder(encoder_config=config, architecture="ade_spl")
   shapes = {"left_encoder_input_tokens": (batch_size, query_length),
             "right_encoder_input_tokens": (batch_size, document_length)}
   rules = partitioning.LOGICAL_AXIS_RULES
@@ -55,7 +58,9 @@ def compiled_memory(batch_size, microbatch_size, mesh, query_length=32, document
     boxed = jax.eval_shape(lambda r: ts.init_params(model, r, shapes), jax.random.PRNGKey(0))
     param_shardings = partitioning.logical_shardings(boxed, mesh, rules)
     params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.meta.unbox(boxed), param_shardings)
+                          jax.tree.map(lambda b: b.value, boxed,
+                                       is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata)),
+                          param_shardings)
     opt_state = jax.eval_shape(optimizer.init, params)
     replicated = partitioning.replicated(mesh)
     state = ts.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
@@ -95,6 +100,8 @@ def main():
   parser.add_argument("--run", action="store_true",
                       help="also train --run_steps real steps of the largest batch, microbatched")
   parser.add_argument("--run_steps", type=int, default=2)
+  parser.add_argument("--remat_batch", type=int, default=64,
+                      help="also compile this batch (no microbatches) under each remat policy")
   args = parser.parse_args()
   mesh = partitioning.make_mesh(args.devices, 1)
   print(f"all-MiniLM-L6-v2 ADE-SPL, SamToNe, AdamW, 32/128 tokens, {args.devices} devices")
@@ -109,6 +116,11 @@ def main():
       print(f"{batch_size:>12} {str(microbatch or '-'):>10} {temp / GIB:>10.2f}Gi "
             f"{arguments / GIB:>10.2f}Gi {total / GIB:>9.2f}Gi  "
             f"{'yes' if total < args.host_gib * GIB else 'NO'}", flush=True)
+  if args.remat_batch:
+    print(f"remat policies at global batch {args.remat_batch} (encoders.BertConfig.remat_policy):")
+    for policy in ("none", "full", "dots"):
+      temp, _ = compiled_memory(args.remat_batch, None, mesh, remat_policy=policy)
+      print(f"  {policy:5s} temporaries/device {temp / GIB:.2f} GiB", flush=True)
   if args.run:
     batch_size = max(args.batches)
     peak, seconds = real_run(batch_size, args.microbatch, args.run_steps, args.devices)

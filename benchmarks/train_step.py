@@ -5,17 +5,21 @@ same batch (64 pairs, 128 tokens each side, no padding) with AdamW and an in-bat
 (sentence-transformers' MultipleNegativesRankingLoss: q->d only, scale 20 = temperature 0.05).
 Also times dualenc's SamToNe step against its in-batch softmax step, in blocks and in
 alternating pairs, and the two losses' value+gradient alone (all that the two steps differ in).
-Prints examples/s, MFU (matmul FLOPs of the dualenc step, dualenc.flops, against
-`--peak_gflops` of the host) and ratios. Run it on an otherwise idle machine: step times swing
-by 10% or more under load.
+Mixed precision side by side: dualenc with `COMPUTE_DTYPE='bfloat16'` (bf16 matmuls forward
+and backward, float32 parameters, optimizer state and loss) against sentence-transformers under
+`torch.autocast("cpu", dtype=torch.bfloat16)`.
+Prints examples/s, MFU (matmul FLOPs of the dualenc step, dualenc.flops, against the host's
+matmul peak of each dtype, measured in the same run unless given) and ratios. Run it on an
+otherwise idle machine: step times swing by 10% or more under load.
 
   .venv/bin/python benchmarks/train_step.py [--rounds 3] [--block 3] [--pairs 8] [--batch 64]
-      [--length 128]
+      [--length 128] [--peak_gflops F32] [--peak_gflops_bf16 BF16] [--only_dualenc]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -46,6 +50,25 @@ def _dualenc_step(loss_fn, model, params, batch, mesh):
                  donate_argnums=(0,))
   traced = step.trace(state, batch)
   return traced.lower().compile(), state, flops.jaxpr_matmul_flops(traced.jaxpr)
+
+
+def matmul_peak_gflops(dtype, size=2048, repeats=20):
+  """Measured matmul peak of all JAX devices together: each device multiplies its own
+  [size, size] pair (float32 accumulation), median of `repeats` timed calls."""
+  mesh = partitioning.make_mesh()
+  rng = np.random.default_rng(0)
+  devices = jax.device_count()
+  a, b = (jax.device_put(jnp.asarray(rng.normal(size=(devices, size, size)), dtype),
+                         partitioning.batch_sharding(mesh, 3)) for _ in range(2))
+  product = jax.jit(lambda a, b: jnp.einsum("nij,njk->nik", a, b,
+                                            preferred_element_type=jnp.float32))
+  jax.block_until_ready(product(a, b))
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(product(a, b))
+    seconds.append(time.perf_counter() - start)
+  return 2 * devices * size**3 / statistics.median(seconds) / 1e9
 
 
 def _interleaved(steps_by_name, rounds, block=3):
@@ -107,7 +130,7 @@ def _median_ratio(numerator, denominator):
   return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
-def _sentence_transformers_step(batch, args):
+def _sentence_transformers_step(batch, args, autocast=False):
   import torch  # pylint: disable=g-import-not-at-top
   from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
   from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss  # pylint: disable=g-import-not-at-top
@@ -123,7 +146,9 @@ def _sentence_transformers_step(batch, args):
 
   def st_step():
     st_opt.zero_grad()
-    loss = st_loss(features, None)
+    # autocast: bf16 matmuls (oneDNN), float32 weights, optimizer and loss, as in its docs.
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+      loss = st_loss(features, None)
     loss.backward()
     st_opt.step()
 
@@ -140,8 +165,10 @@ def main():
   parser.add_argument("--pairs", type=int, default=8,
                       help="alternating in-batch softmax / SamToNe step pairs")
   parser.add_argument("--only_dualenc", action="store_true", help="skip sentence-transformers")
-  parser.add_argument("--peak_gflops", type=float, default=187.0,
-                      help="fp32 matmul peak of this machine (2-core dev box: 187)")
+  parser.add_argument("--peak_gflops", type=float, default=None,
+                      help="fp32 matmul peak of this machine in GFLOP/s (default: measured)")
+  parser.add_argument("--peak_gflops_bf16", type=float, default=None,
+                      help="bf16 matmul peak (float32 accumulation; default: measured)")
   args = parser.parse_args()
 
   loaded = convert.load_sentence_transformer(convert.minilm_path())
@@ -159,8 +186,11 @@ def main():
   samtone = lambda q, d, **kw: losses.samtone(q, d, temperature=0.05)
   ibs = lambda q, d, **kw: losses.in_batch_softmax(q, d, temperature=0.05)
   steps, model_flops = {}, {}
-  for name, loss_fn in (("mnrl", mnrl), ("in_batch_softmax", ibs), ("samtone", samtone)):
-    compiled, state, model_flops[name] = _dualenc_step(loss_fn, model, params, batch, mesh)
+  bf16_model = towers.DualEncoder(dataclasses.replace(config, dtype="bfloat16"),
+                                  architecture="sde", pooling="mean", normalize=True)
+  for name, loss_fn, model_ in (("mnrl", mnrl, model), ("in_batch_softmax", ibs, model),
+                                ("samtone", samtone, model), ("mnrl_bf16", mnrl, bf16_model)):
+    compiled, state, model_flops[name] = _dualenc_step(loss_fn, model_, params, batch, mesh)
     holder = {"state": state}
 
     def run(compiled=compiled, holder=holder):
@@ -172,6 +202,8 @@ def main():
   # ---- sentence-transformers: the same model, loss and batch in PyTorch ----------------------
   if not args.only_dualenc:
     steps["sentence-transformers MNRL"] = _sentence_transformers_step(batch, args)
+    steps["sentence-transformers MNRL_autocast"] = _sentence_transformers_step(
+        batch, args, autocast=True)
   times = _interleaved(steps, args.rounds, args.block)
   pair_ratios = _alternating(steps["dualenc in_batch_softmax"], steps["dualenc samtone"],
                              args.pairs)
@@ -179,18 +211,28 @@ def main():
                   for name, fn in (("in_batch_softmax", ibs), ("samtone", samtone))}
 
   # ---- report ----------------------------------------------------------------------------
-  peak = args.peak_gflops * 1e9 * flops.peak_units()
+  peaks = {"float32": args.peak_gflops or matmul_peak_gflops(jnp.float32),
+           "bfloat16": args.peak_gflops_bf16 or matmul_peak_gflops(jnp.bfloat16)}
   print(f"batch {args.batch}, length {args.length}, model FLOPs/step "
-        f"{model_flops['mnrl'] / 1e9:.1f} G, peak {peak / 1e9:.0f} GFLOP/s, "
+        f"{model_flops['mnrl'] / 1e9:.1f} G, matmul peak float32 {peaks['float32']:.0f} / "
+        f"bfloat16 {peaks['bfloat16']:.0f} GFLOP/s ({'given' if args.peak_gflops else 'measured'}), "
         f"{jax.device_count()} JAX device(s), {args.rounds} rounds of {args.block} steps")
-  print(f"{'':28s}{'s/step':>9s}{'examples/s':>12s}{'MFU':>8s}")
+  print(f"{'':38s}{'s/step':>9s}{'examples/s':>12s}{'MFU':>8s}")
   for label, per_round in times.items():
     seconds = statistics.median(per_round)
     step_flops = model_flops[label.split()[-1]] if label.startswith("dualenc") else model_flops["mnrl"]
-    print(f"{label:28s}{seconds:9.3f}{args.batch / seconds:12.1f}{step_flops / seconds / peak:8.1%}")
+    bf16 = label.endswith(("bf16", "autocast"))
+    peak = peaks["bfloat16" if bf16 else "float32"] * 1e9
+    print(f"{label:38s}{seconds:9.3f}{args.batch / seconds:12.1f}{step_flops / seconds / peak:8.1%}")
+  print(f"dualenc bf16 / float32 (same loss): "
+        f"{_median_ratio(times['dualenc mnrl'], times['dualenc mnrl_bf16']):.3f}x")
   if not args.only_dualenc:
-    print(f"speed-up dualenc / sentence-transformers (same loss): "
+    print(f"speed-up dualenc / sentence-transformers, float32 (same loss): "
           f"{_median_ratio(times['sentence-transformers MNRL'], times['dualenc mnrl']):.3f}x")
+    print(f"speed-up dualenc bf16 / sentence-transformers autocast bf16 (same loss): "
+          f"{_median_ratio(times['sentence-transformers MNRL_autocast'], times['dualenc mnrl_bf16']):.3f}x")
+    print(f"sentence-transformers autocast / float32: "
+          f"{_median_ratio(times['sentence-transformers MNRL'], times['sentence-transformers MNRL_autocast']):.3f}x")
   print(f"step time SamToNe / in-batch softmax (bidirectional), blocks: "
         f"{_median_ratio(times['dualenc samtone'], times['dualenc in_batch_softmax']):.3f}x; "
         f"alternating steps: median {statistics.median(pair_ratios):.3f}x over {args.pairs} pairs "

@@ -201,18 +201,28 @@ def test_bfloat16_compute_float32_params(config):
 def test_remat_changes_nothing(config):
   ids, mask = _batch()
   plain = encoders.build_encoder(config)
-  remat = encoders.build_encoder(type(config)(**{**config.__dict__, "remat": True}))
+  remats = [encoders.build_encoder(type(config)(**{**config.__dict__, "remat_policy": policy}))
+            for policy in ("full", "dots")]
   variables = plain.init(jax.random.PRNGKey(0), ids, mask)
-  np.testing.assert_allclose(np.asarray(plain.apply(variables, ids, mask)),
-                             np.asarray(remat.apply(variables, ids, mask)), atol=1e-6)
   dropout = lambda module: module.apply(variables, ids, mask, deterministic=False,
                                         rngs={"dropout": jax.random.PRNGKey(3)})
-  np.testing.assert_allclose(np.asarray(dropout(plain)), np.asarray(dropout(remat)), atol=1e-6)
+  for remat in remats:
+    np.testing.assert_allclose(np.asarray(plain.apply(variables, ids, mask)),
+                               np.asarray(remat.apply(variables, ids, mask)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dropout(plain)), np.asarray(dropout(remat)), atol=1e-6)
   if isinstance(config, encoders.T5Config):  # gradients once (each jit costs seconds of compile)
-    both = jax.jit(lambda v: [jax.grad(lambda w: _readout(m.apply(w, ids, mask), seed=1))(v)
-                              for m in (plain, remat)])(variables)
-    for a, b in zip(*map(jax.tree.leaves, both)):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    grads = jax.jit(lambda v: [jax.grad(lambda w: _readout(m.apply(w, ids, mask), seed=1))(v)
+                               for m in [plain] + remats])(variables)
+    for remat_grads in grads[1:]:
+      for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(remat_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    # The policies differ in what they recompute: 'full' every matmul of a layer, 'dots' only
+    # the attention products (batch dimensions), 'none' nothing.
+    count = lambda m: str(jax.make_jaxpr(jax.grad(
+        lambda w: _readout(m.apply(w, ids, mask), seed=1)))(variables)).count("dot_general[")
+    assert count(plain) < count(remats[1]) < count(remats[0])
+  with pytest.raises(ValueError, match=r"remat_policy 'everything'.*'none', 'full', 'dots'"):
+    type(config)(**{**config.__dict__, "remat_policy": "everything"})
 
 
 def test_sharded_apply_matches_single_device():

@@ -44,6 +44,10 @@ class BertConfig:
 
   d_model is Hugging Face's hidden_size, d_ff its intermediate_size; head_dim = d_model / heads.
   hidden_act: Hugging Face activation name ("gelu" is the exact erf GELU).
+  dtype: compute dtype ('bfloat16': mixed precision, see layers.mixed_dot_general);
+  param_dtype: storage dtype of the parameters.
+  remat_policy: rematerialisation of each layer in the backward pass, one of
+    layers.REMAT_POLICIES: 'none', 'full' (recompute everything) or 'dots' (keep matmul outputs).
   """
 
   vocab_size: int = 30522
@@ -60,10 +64,11 @@ class BertConfig:
   initializer_range: float = 0.02
   dtype: str = "float32"
   param_dtype: str = "float32"
-  remat: bool = False
+  remat_policy: str = "none"
 
   def __post_init__(self):
     activation(self.hidden_act)
+    layers.check_remat_policy(self.remat_policy)
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model {self.d_model} is not a multiple of num_heads {self.num_heads}")
 
@@ -155,7 +160,7 @@ class BertEncoder(nn.Module):
     x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
     bias = layers.padding_bias(attention_mask, jnp.float32)
-    layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer
+    layer_cls = layers.remat_layer(BertLayer, cfg.remat_policy, static_argnums=(3,))
     for i in range(cfg.num_layers):
       x = layer_cls(cfg, name=f"layers_{i}")(x, bias, deterministic)
     return x

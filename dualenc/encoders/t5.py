@@ -61,7 +61,9 @@ class T5Config:
   feed_forward_proj: "gated-gelu" (T5.1.1, tanh GELU as in Hugging Face), "relu" (T5 1.0),
   or any "gated-ACT" / "ACT" with ACT in `ACTIVATIONS`.
   dtype: compute dtype; param_dtype: storage dtype of the parameters (names or dtypes).
-  remat: rematerialise each layer in the backward pass (saves activation memory).
+  remat_policy: rematerialisation of each layer in the backward pass (saves activation memory),
+    one of layers.REMAT_POLICIES: 'none', 'full' (recompute everything) or 'dots' (keep the
+    outputs of matmuls without batch dimensions, recompute attention).
   """
 
   vocab_size: int = 32128
@@ -77,10 +79,11 @@ class T5Config:
   dropout_rate: float = 0.1
   dtype: str = "float32"
   param_dtype: str = "float32"
-  remat: bool = False
+  remat_policy: str = "none"
 
   def __post_init__(self):
     _ = self.activation_name  # validates feed_forward_proj early, at config time
+    layers.check_remat_policy(self.remat_policy)
 
   @property
   def is_gated(self) -> bool:
@@ -229,9 +232,7 @@ class T5Encoder(nn.Module):
                                 name="relpos_bias")(length, length)
     bias = bias + layers.padding_bias(attention_mask, jnp.float32)  # [B, heads, L, L]
 
-    layer_cls = T5EncoderLayer
-    if cfg.remat:
-      layer_cls = nn.remat(T5EncoderLayer, static_argnums=(3,))
+    layer_cls = layers.remat_layer(T5EncoderLayer, cfg.remat_policy, static_argnums=(3,))
     for i in range(cfg.num_layers):
       x = layer_cls(cfg, name=f"layers_{i}")(x, bias, deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype,

@@ -25,6 +25,8 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from dualenc.encoders import layers
+
 ACTIVATIONS = ("log1p_relu", "log1p_log1p_relu")
 
 
@@ -75,8 +77,10 @@ def splade_max_pool(hidden: jax.Array, mask: jax.Array, embedding: jax.Array,
 
   @jax.checkpoint
   def chunk_max(h, m):
-    logits = jnp.einsum("bch,vh->bcv", h, embedding.astype(h.dtype),
-                        preferred_element_type=jnp.float32) + bias
+    # "bch,vh->bcv" in h's dtype, accumulated and returned in float32 (bfloat16 backward
+    # products too: layers.mixed_dot_general).
+    logits = layers.mixed_dot_general(h, embedding, (((2,), (1,)), ((), ())), h.dtype,
+                                      out_dtype=jnp.float32) + bias
     return jnp.max(jax.nn.relu(logits) * m[..., None], axis=1)
 
   def step(best, chunk):
