@@ -62,13 +62,18 @@ def matmul_peak_gflops(dtype, size=2048, repeats=20):
                          partitioning.batch_sharding(mesh, 3)) for _ in range(2))
   product = jax.jit(lambda a, b: jnp.einsum("nij,njk->nik", a, b,
                                             preferred_element_type=jnp.float32))
-  jax.block_until_ready(product(a, b))
+  return 2 * devices * size**3 / _median_seconds(lambda: product(a, b), repeats) / 1e9
+
+
+def _median_seconds(call, repeats):
+  """Median wall time of `call()` (a jitted call, waited for) after one warm-up call."""
+  jax.block_until_ready(call())
   seconds = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(product(a, b))
+    jax.block_until_ready(call())
     seconds.append(time.perf_counter() - start)
-  return 2 * devices * size**3 / statistics.median(seconds) / 1e9
+  return statistics.median(seconds)
 
 
 def _interleaved(steps_by_name, rounds, block=3):
@@ -116,13 +121,7 @@ def _loss_seconds(loss_fn, batch_size, dim, repeats=200):
   rows = np.random.default_rng(1).normal(size=(2, batch_size, dim)).astype(np.float32)
   q, d = jnp.asarray(rows / np.linalg.norm(rows, axis=-1, keepdims=True))
   value_and_grad = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
-  jax.block_until_ready(value_and_grad(q, d))
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(value_and_grad(q, d))
-    seconds.append(time.perf_counter() - start)
-  return statistics.median(seconds)
+  return _median_seconds(lambda: value_and_grad(q, d), repeats)
 
 
 def _median_ratio(numerator, denominator):

@@ -213,7 +213,10 @@ def test_tpu_pod_does_not_restart_after_being_stopped(tmp_path, signum, code):
          if k not in ("DRY_RUN", "RECREATE_COMMAND")}
   process = subprocess.Popen(["bash", TPU_POD, "my-tpu", "us-central2-b", "--project=p", "--",
                               *TRAIN_ARGS], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             # A shell started in the background inherits SIGINT ignored, and
+                             # bash cannot trap an ignored signal: give it the default back.
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     deadline = time.monotonic() + 30
     log = tmp_path / "calls.jsonl"
