@@ -130,14 +130,14 @@ def train(*,
   # Setup: directories, mesh, data.
   # ----------------------------------------------------------------------------------------
   model_dir = fs.path(model_dir)
-  if jax.process_index() == 0:
-    _write_config(model_dir / "config.gin", gin.config_str())
   mesh = partitioning.make_mesh(mesh_data, mesh_model)
   if batch_size % mesh.shape["data"] or batch_size % jax.process_count():
     raise ValueError(f"BATCH_SIZE={batch_size} must divide evenly over the mesh's "
                      f"{mesh.shape['data']} data shards and {jax.process_count()} processes")
   if microbatch_size:
     grad_cache.check_microbatch_size(batch_size, microbatch_size, mesh.shape["data"])
+  if jax.process_index() == 0:
+    _write_config(model_dir / "config.gin", gin.config_str())
   data = pipeline.make_batch_iterator(
       mixture_or_task_name, split="train", batch_size=batch_size,
       feature_lengths=feature_lengths, seed=seed, shard_index=jax.process_index(),

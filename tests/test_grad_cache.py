@@ -199,3 +199,12 @@ def test_sigkill_then_same_microbatched_command_resumes_to_identical_parameters(
   assert "Resumed from" in resumed.stdout
   _assert_trees_close(_saved_params(tmp_path / "killed", 8),
                       _saved_params(tmp_path / "straight", 8), 1e-6)
+
+
+def test_a_bad_microbatch_size_from_the_shell_fails_before_writing_anything(tmp_path):
+  result = subprocess.run(_command(tmp_path / "run", "--gin.MICROBATCH_SIZE=3"), env=_env(2),
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+  assert result.returncode == 2
+  assert "error: train.microbatch_size=3 must be a positive divisor of BATCH_SIZE=8" in (
+      result.stderr)
+  assert not (tmp_path / "run").exists()
