@@ -154,7 +154,7 @@ SHRINK: Tuple[Shrink, ...] = (
            lambda c: f"{c} --num_docs=48 --repeats=1"),
     Shrink("benchmarks: small batches, compiled only (their figures are not asserted)",
            lambda c: "benchmarks/train_memory.py" in c,
-           lambda c: c.replace(" --run", "") + " --batches 16 --microbatch 8"),
+           lambda c: c.replace(" --run", "") + " --batches 16 --microbatch 8 --remat_batch 0"),
     Shrink("benchmarks: one short round on small inputs (their figures are not asserted)",
            lambda c: "benchmarks/train_step.py" in c,
            lambda c: f"{c} --rounds=1 --block=2 --batch=8 --length=16 --pairs=1"),
