@@ -176,8 +176,7 @@ def mixed_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Dimensi
   dims = _canonical_dims(dimension_numbers)
   lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
   if not is_low_precision(dtype):
-    return jax.lax.dot_general(lhs.astype(dtype), rhs.astype(dtype), dims,
-                               preferred_element_type=jnp.float32).astype(out_dtype)
+    return _forward_dot(lhs, rhs, dims, dtype, out_dtype)
   return _low_precision_dot(lhs, rhs, dims, dtype, out_dtype)
 
 
