@@ -82,14 +82,14 @@ def tsne_points(query_embeddings: np.ndarray, doc_embeddings: np.ndarray, max_po
   return {"queries": xy[:len(q)], "documents": xy[len(q):]}
 
 
-def _figure():
+def pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
 
 
-def _save(fig, path) -> None:
+def save_png(fig, path) -> None:
   """PNG through dualenc.fs (matplotlib writes local files only)."""
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=120)
@@ -97,7 +97,7 @@ def _save(fig, path) -> None:
 
 
 def plot_tsne(points: Dict[str, np.ndarray], path, title: str) -> None:
-  plt = _figure()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 6))
   ax.scatter(*points["documents"].T, s=6, alpha=0.5, label="documents (document tower)",
              color="tab:orange")
@@ -108,14 +108,14 @@ def plot_tsne(points: Dict[str, np.ndarray], path, title: str) -> None:
   ax.set_xticks([])
   ax.set_yticks([])
   fig.tight_layout()
-  _save(fig, path)
+  save_png(fig, path)
   plt.close(fig)
 
 
 def plot_histogram(values: np.ndarray, path, title: str, xlabel: str,
                    clip_quantiles: Optional[Sequence[float]] = None) -> Dict[str, float]:
   """Histogram PNG of the finite values (optionally within quantiles); returns a summary."""
-  plt = _figure()
+  plt = pyplot()
   finite = values[np.isfinite(values)]
   shown = finite
   if clip_quantiles is not None and len(finite):
@@ -130,7 +130,7 @@ def plot_histogram(values: np.ndarray, path, title: str, xlabel: str,
   ax.set_ylabel("count")
   ax.legend(loc="best")
   fig.tight_layout()
-  _save(fig, path)
+  save_png(fig, path)
   plt.close(fig)
   quantiles = np.quantile(finite, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(finite) else [np.nan] * 5
   return {"count": int(len(values)), "finite": int(len(finite)), "shown": int(len(shown)),

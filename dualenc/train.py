@@ -78,6 +78,7 @@ def train(*,
           feature_lengths: Mapping[str, Any] = gin.REQUIRED,
           vocabulary: Optional[seqio.Vocabulary] = None,
           loss_fn: Callable[..., jax.Array] = losses.samtone,
+          mask_false_negatives: bool = True,
           schedule: Optional[optax.Schedule] = None,
           seed: int = 0,
           log_every_steps: int = 1,
@@ -110,6 +111,9 @@ def train(*,
     vocabulary: the model's vocabulary (overrides the tasks' own); None keeps theirs.
     loss_fn: (q [B, D], d [B, D], *, hard_negatives [B, N, D], hard_negative_mask [B, N],
       query_ids [B], doc_ids [B]) -> scalar (the functions of dualenc.losses).
+    mask_false_negatives: pass the data's query / document ids to the loss, so a negative
+      carrying the anchor's own id (a duplicate query, a document shared by two queries) leaves
+      its normaliser; False: every other row is a negative, duplicates included.
     schedule: step -> learning rate; None uses `optimizers.learning_rate_schedule()`.
     initial_checkpoint_path: Hugging Face directory (config.json + weights) whose encoder
       initialises every tower (ignored when resuming).
@@ -194,6 +198,7 @@ def train(*,
   batch_shardings = {k: partitioning.batch_sharding(mesh, len(s))
                      for k, s in feature_shapes.items()}
   step_fn = ts.make_train_step(model, optimizer, loss_fn, dropout_rng,
+                               use_ids_for_masking=mask_false_negatives,
                                microbatch_size=microbatch_size,
                                num_data_shards=mesh.shape["data"])
   # What the loss reads but nothing trains (teacher weights, corpus statistics): replicated.

@@ -20,7 +20,8 @@ from typing import Callable, List, Tuple
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROGRAMS = ("dualenc/main.py", "dualenc/train.py", "dualenc/evaluate.py", "dualenc/search.py",
             "dualenc/analysis.py", "dualenc/data/default_dataset.py", "dualenc/sparse/idf.py",
-            "dualenc/sparse/mlm_head.py", "dualenc/sparse/mine.py", "dualenc/export/main.py")
+            "dualenc/sparse/mlm_head.py", "dualenc/sparse/mine.py", "dualenc/export/main.py",
+            "dualenc/experiments/__main__.py")
 
 # Commands not run, with the reason (matched as a prefix of the command).
 NOT_RUN = {
@@ -142,6 +143,12 @@ SHRINK: Tuple[Shrink, ...] = (
            "commands (each of which the README, the gin files and the programs document and "
            "this harness runs)",
            lambda c: "benchmarks/sparse_table.py" in c,
+           lambda c: f"{c} --dry_run"),
+    Shrink("an experiment suite trains dozens of models (hours): --dry_run lists its commands "
+           "and estimate; tests/test_experiments.py runs each suite's two-cell tiny version end "
+           "to end; --table_only runs as written (it renders the committed ledger)",
+           lambda c: "-m dualenc.experiments" in c and "--table_only" not in c
+           and "--dry_run" not in c,
            lambda c: f"{c} --dry_run"),
     Shrink("benchmarks: one short round on small inputs (their figures are not asserted)",
            lambda c: "benchmarks/sparse_memory.py" in c,

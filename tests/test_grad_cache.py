@@ -208,3 +208,22 @@ def test_a_bad_microbatch_size_from_the_shell_fails_before_writing_anything(tmp_
   assert "error: train.microbatch_size=3 must be a positive divisor of BATCH_SIZE=8" in (
       result.stderr)
   assert not (tmp_path / "run").exists()
+
+
+def test_id_masks_switch_changes_the_loss_only_when_ids_repeat():
+  """train.mask_false_negatives=False (use_ids_for_masking) keeps duplicates as negatives: with
+  repeated ids (identical texts would score as the positive) the loss is higher than with the
+  masks; with distinct ids the switch changes nothing."""
+  batch = _batch(8, num_negatives=1)
+  params = _params(DENSE, batch)
+  loss_fn = functools.partial(losses.samtone, doc_side=True)
+  masked = ts.make_value_and_grad(DENSE, loss_fn)
+  unmasked = ts.make_value_and_grad(DENSE, loss_fn, use_ids_for_masking=False)
+  (with_masks, _), _ = masked(params, batch, None, 0, None)
+  (without_masks, _), _ = unmasked(params, batch, None, 0, None)
+  assert float(without_masks) > float(with_masks) + 1e-3  # duplicates add to the normalisers
+  distinct = dict(batch, left_ids=np.arange(8, dtype=np.int32),
+                  right_ids=np.arange(8, dtype=np.int32))
+  (a, _), _ = masked(params, distinct, None, 0, None)
+  (b, _), _ = unmasked(params, distinct, None, 0, None)
+  np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
