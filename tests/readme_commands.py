@@ -21,7 +21,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROGRAMS = ("dualenc/main.py", "dualenc/train.py", "dualenc/evaluate.py", "dualenc/search.py",
             "dualenc/analysis.py", "dualenc/data/default_dataset.py", "dualenc/sparse/idf.py",
             "dualenc/sparse/mlm_head.py", "dualenc/sparse/mine.py", "dualenc/export/main.py",
-            "dualenc/experiments/__main__.py")
+            "dualenc/experiments/main.py")
 
 # Commands not run, with the reason (matched as a prefix of the command).
 NOT_RUN = {

@@ -5,5 +5,5 @@ evaluation runs, resumable, with tables (mean +- std over seeds) and figures.
   python -m dualenc.experiments samtone                # run what is not finished, then report
   python -m dualenc.experiments sparse
 
-See dualenc/experiments/__main__.py for the flags, grid.py for the layout of what is written.
+See dualenc/experiments/main.py for the flags, grid.py for the layout of what is written.
 """
