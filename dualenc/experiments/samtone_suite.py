@@ -180,7 +180,7 @@ def summarise(entries: Mapping[str, Any]) -> Dict[str, Any]:
       continue
     a, b = stats[first], base[first]
     stats["delta_vs_in_batch"] = {
-        "metric": first, "mean": a["mean"] - b["mean"],
+        "metric": first, "mean": a["mean"] - b["mean"], "n": min(a["n"], b["n"]),
         "se": float(np.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]))}
   return out
 
@@ -205,7 +205,10 @@ def render(suite: grid.Suite, entries: Mapping[str, Any], report: pathlib.Path) 
         if stats is None:
           continue
         delta = stats.get("delta_vs_in_batch")
-        delta_text = f"{delta['mean']:+.4f} ± {delta['se']:.4f}" if delta else ""
+        delta_text = ""
+        if delta:  # a standard error needs two seeds on both sides
+          delta_text = (f"{delta['mean']:+.4f} ± {delta['se']:.4f}" if delta["n"] > 1
+                        else f"{delta['mean']:+.4f} (1 seed)")
         lines.append("| " + " | ".join(
             [ARCHITECTURES[arch], LOSSES[loss][1], str(len(stats["seeds"]))]
             + [grid.mean_std_cell(stats[m]) for m in metrics] + [delta_text]
