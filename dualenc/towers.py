@@ -67,6 +67,9 @@ class DualEncoder(nn.Module):
     architecture: one of ARCHITECTURES.
     pooling: `mean` (padding-aware) or `first`.
     embedding_dim: projection output size, or None for no projection.
+    projection_init: 'default' (truncated normal, fan-in) or 'identity' (embedding_dim equal
+      to the encoder's width: a pretrained encoder's embedding space is kept at step 0 and the
+      projection, shared or not, is learned from there).
     normalize: L2-normalise the final embeddings.
   """
 
@@ -74,6 +77,7 @@ class DualEncoder(nn.Module):
   architecture: str = "ade_spl"
   pooling: str = "mean"
   embedding_dim: Optional[int] = None
+  projection_init: str = "default"
   normalize: bool = True
 
   def setup(self):
@@ -97,9 +101,19 @@ class DualEncoder(nn.Module):
       self.document_encoder = encoders.build_encoder(
           config, token_embedder=shared_embedder, freeze_token_embedder=frozen,
           name="document_encoder")
+    if self.projection_init not in ("default", "identity"):
+      raise ValueError(f"DualEncoder.projection_init={self.projection_init!r}; expected "
+                       "'default' or 'identity'")
     if self.embedding_dim:
+      init = {}
+      if self.projection_init == "identity":
+        width = getattr(config, "d_model", None)
+        if width != self.embedding_dim:
+          raise ValueError(f"DualEncoder.projection_init='identity' needs embedding_dim equal to "
+                           f"the encoder's width {width}; got embedding_dim={self.embedding_dim}")
+        init["kernel_init"] = lambda key, shape, dtype=jnp.float32: jnp.eye(*shape, dtype=dtype)
       make = lambda name: layers.DenseGeneral(
-          self.embedding_dim, kernel_axes=("embed", "projection"),
+          self.embedding_dim, kernel_axes=("embed", "projection"), **init,
           dtype=layers.as_dtype(config.dtype), param_dtype=layers.as_dtype(config.param_dtype),
           name=name)
       if self.architecture in SHARED_PROJECTION_ARCHITECTURES:

@@ -198,3 +198,26 @@ def test_unknown_architecture_is_a_clear_error():
   ids, mask = _ids()
   with pytest.raises(ValueError, match="DualEncoder.architecture='dual'"):
     model.init(jax.random.PRNGKey(0), ids, mask, ids, mask)
+
+
+def test_identity_projection_starts_as_the_unprojected_towers_and_is_shared_for_ade_spl():
+  """projection_init='identity' keeps a pretrained encoder's embeddings at step 0 (the suites
+  fine-tune ADE-SPL's shared projection from there); a width mismatch is refused by name."""
+  ids, mask = _ids()
+  plain = towers.DualEncoder(BERT_TINY, architecture="ade_spl")
+  params = nn.meta.unbox(plain.init(jax.random.PRNGKey(0), ids, mask, ids, mask)["params"])
+  projected = towers.DualEncoder(BERT_TINY, architecture="ade_spl", embedding_dim=32,
+                                 projection_init="identity")
+  with_projection = nn.meta.unbox(
+      projected.init(jax.random.PRNGKey(0), ids, mask, ids, mask)["params"])
+  assert set(with_projection) == set(params) | {"projection"}  # one projection, shared
+  np.testing.assert_array_equal(with_projection["projection"]["kernel"], np.eye(32))
+  for side in ("queries", "documents"):
+    want = plain.apply({"params": params}, ids, mask, method=f"encode_{side}")
+    got = projected.apply({"params": dict(params, projection=with_projection["projection"])},
+                          ids, mask, method=f"encode_{side}")
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  bad = towers.DualEncoder(BERT_TINY, architecture="ade_spl", embedding_dim=16,
+                           projection_init="identity")
+  with pytest.raises(ValueError, match="needs embedding_dim equal to the encoder's width 32"):
+    bad.init(jax.random.PRNGKey(0), ids, mask, ids, mask)

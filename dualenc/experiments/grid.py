@@ -162,10 +162,11 @@ def read_metrics(path: pathlib.Path) -> Dict[str, Any]:
 
 
 def run_suite(suite: Suite, output_dir: pathlib.Path, report_dir: pathlib.Path, *,
-              dry_run: bool = False, table_only: bool = False,
-              keep_checkpoints: bool = True) -> Dict[str, Any]:
-  """Runs what is not finished, then renders REPORT_DIR/<suite>/table.{md,json}. Returns the
-  ledger's entries."""
+              dry_run: bool = False, table_only: bool = False, keep_checkpoints: bool = True,
+              report_cells: Optional[Sequence[Cell]] = None) -> Dict[str, Any]:
+  """Runs what is not finished, then renders REPORT_DIR/<suite>/table.{md,json} from the
+  ledger's entries of `report_cells` (default: the suite's) whose recipe is current; entries
+  of older recipes stay in the ledger, unreported. Returns the reported entries."""
   work, report = output_dir / suite.name, report_dir / suite.name
   ledger = Ledger(report / "ledger.json")
   todo_steps = [s for s in suite.steps if not (work / s.output).exists()]
@@ -202,11 +203,14 @@ def run_suite(suite: Suite, output_dir: pathlib.Path, report_dir: pathlib.Path, 
       ledger.record(cell, entry)
       if not keep_checkpoints:
         _prune_checkpoints(cell_dir)
-  markdown = suite.render(suite, ledger.entries, report) + "\n\n" + progress_note(suite, ledger)
+  shown = [c for c in (report_cells or suite.cells) if ledger.finished(c)]
+  entries = {c.name: ledger.entries[c.name] for c in shown}
+  markdown = (suite.render(suite, entries, report) + "\n\n"
+              + progress_note(report_cells or suite.cells, ledger))
   report.mkdir(parents=True, exist_ok=True)
   (report / "table.md").write_text(markdown + "\n")
   print(markdown)
-  return ledger.entries
+  return entries
 
 
 def claim_folder(cell: Cell, cell_dir: pathlib.Path) -> None:
@@ -226,9 +230,9 @@ def claim_folder(cell: Cell, cell_dir: pathlib.Path) -> None:
   marker.write_text(json.dumps({"name": cell.name, "commands": cell.fingerprint()}) + "\n")
 
 
-def progress_note(suite: Suite, ledger: Ledger) -> str:
+def progress_note(cells: Sequence[Cell], ledger: Ledger) -> str:
   """How many cells are finished, and the measured wall time per cell by dataset."""
-  finished = [c for c in suite.cells if ledger.finished(c)]
+  finished = [c for c in cells if ledger.finished(c)]
   per_dataset: Dict[str, List[float]] = {}
   for cell in finished:
     seconds = ledger.entries[cell.name].get("seconds") or []
@@ -236,7 +240,7 @@ def progress_note(suite: Suite, ledger: Ledger) -> str:
       per_dataset.setdefault(cell.factors.get("dataset", "-"), []).append(sum(seconds))
   times = ", ".join(f"{d} {sum(v) / len(v) / 60:.1f} min ({len(v)} cells)"
                     for d, v in per_dataset.items())
-  return (f"Cells finished: {len(finished)} of {len(suite.cells)}. Measured wall time per cell "
+  return (f"Cells finished: {len(finished)} of {len(cells)}. Measured wall time per cell "
           f"(train + evaluate, 2 CPU cores): {times or 'none yet'}.")
 
 
