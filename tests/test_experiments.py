@@ -171,3 +171,20 @@ def test_a_folder_of_another_recipe_is_refused_not_reused(tmp_path):
   (stranger / "notes.txt").write_text("mine")
   with pytest.raises(ValueError, match="has no cell.json"):
     grid.claim_folder(short, stranger)
+
+
+def test_sparse_tradeoff_figure_is_drawn_from_a_summary(tmp_path):
+  """NDCG@10 against FLOPS: one line per query side over the lambda multiples, the references
+  as horizontal lines; a side with a single point draws nothing to connect but is still shown."""
+  stat = lambda v: grid.seed_statistics([v])
+  summary = {"default/reference/bm25": {"ndcg@10": stat(0.48)},
+             "default/reference/dense": {"ndcg@10": stat(0.59)}}
+  for query, base in (("idf", 0.41), ("ones", 0.34)):
+    for multiple, flops in ((0.25, 4.2), (1.0, 4.1), (16.0, 2.0)):
+      summary[f"default/{query}/ensemble/x{multiple:g}"] = {
+          "ndcg@10": stat(base - 0.01 * multiple), "flops": stat(flops)}
+  (path,) = sparse_suite.draw_tradeoff(summary, tmp_path)
+  assert path.name == "default_ndcg_vs_flops.png"
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert sparse_suite._label("default/ones/ensemble/x16") == (  # pylint: disable=protected-access
+      "idf = 1 (SPLADE-doc), ensemble KD (BM25 + MiniLM), λ × 16")

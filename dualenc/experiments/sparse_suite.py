@@ -205,6 +205,9 @@ def draw_tradeoff(summary: Mapping[str, Any], out_dir: pathlib.Path) -> List[pat
         ax.axhline(ref["ndcg@10"]["mean"], color="gray", linestyle=style,
                    label=_label(f"{dataset}/reference/{name}"))
     ax.set_xscale("log")
+    from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+    for axis_setter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+      axis_setter(ticker.FormatStrFormatter("%.1f"))  # plain numbers, not 4.1 x 10^0
     ax.set_xlabel("FLOPS (expected multiply-adds per query-document pair)")
     ax.set_ylabel("NDCG@10")
     ax.set_title(f"{dataset}: accuracy against efficiency over the FLOPS weight λ")
