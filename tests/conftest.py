@@ -8,8 +8,9 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_llvm_disable_expensive_passes=true")
 # The default dataset and other caches go to a per-session directory, not the user's home
-# (subprocesses started by tests inherit it).
-os.environ.setdefault("DUALENC_CACHE", tempfile.mkdtemp(prefix="dualenc-test-cache-"))
+# (subprocesses started by tests, and pytest-xdist's workers, inherit it).
+if "DUALENC_CACHE" not in os.environ:
+  os.environ["DUALENC_CACHE"] = tempfile.mkdtemp(prefix="dualenc-test-cache-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -21,16 +22,23 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+# Where tests/test_readme_commands.py records each command's seconds: a file, because under
+# `make test` (pytest-xdist) the commands run in a worker process and this summary in another.
+if "DUALENC_TEST_COMMAND_TIMINGS" not in os.environ:
+  os.environ["DUALENC_TEST_COMMAND_TIMINGS"] = os.path.join(
+      tempfile.mkdtemp(prefix="dualenc-test-timings-"), "readme_commands.jsonl")
+COMMAND_TIMINGS = pathlib.Path(os.environ["DUALENC_TEST_COMMAND_TIMINGS"])
+
+
 def pytest_terminal_summary(terminalreporter):
   """How long the documented commands took (tests/test_readme_commands.py), slowest first."""
-  import sys  # pylint: disable=g-import-not-at-top
-  module = sys.modules.get("tests.test_readme_commands")
-  timings = getattr(module, "TIMINGS", None)
-  if timings:
-    terminalreporter.write_sep("-", f"{len(timings)} documented commands: "
-                               f"{sum(t for t, _ in timings):.0f} s of command time")
-    for seconds, command in sorted(timings, reverse=True)[:12]:
-      terminalreporter.write_line(f"{seconds:7.1f} s  {command[:150]}")
+  if not COMMAND_TIMINGS.exists():
+    return
+  timings = [json.loads(line) for line in COMMAND_TIMINGS.read_text().splitlines()]
+  terminalreporter.write_sep("-", f"{len(timings)} documented commands: "
+                             f"{sum(t for t, _ in timings):.0f} s of command time")
+  for seconds, command in sorted(timings, reverse=True)[:12]:
+    terminalreporter.write_line(f"{seconds:7.1f} s  {command[:150]}")
 
 
 @pytest.fixture(autouse=True)

@@ -73,7 +73,7 @@ def _assert_relative(got, want, tolerance, what):
   assert error <= tolerance, f"{what}: relative error {error:.2e} > {tolerance}"
 
 
-def _assert_same_loss_and_grads(got, want):
+def _assert_same_loss_and_grads(got, want, grad_tolerance=1e-5):
   (loss, metrics), grads = got
   (want_loss, want_metrics), want_grads = want
   _assert_relative(loss, want_loss, 1e-5, "loss")
@@ -84,7 +84,7 @@ def _assert_same_loss_and_grads(got, want):
   checked = 0
   for path, value in jax.tree_util.tree_flatten_with_path(grads)[0]:
     if np.linalg.norm(flat[path]) > 1e-6 * scale:
-      _assert_relative(value, flat[path], 1e-5, jax.tree_util.keystr(path))
+      _assert_relative(value, flat[path], grad_tolerance, jax.tree_util.keystr(path))
       checked += 1
     else:  # zero in exact arithmetic (e.g. attention key biases: softmax ignores them)
       assert np.linalg.norm(value) <= 1e-5 * scale, jax.tree_util.keystr(path)
@@ -123,7 +123,10 @@ def test_microbatched_on_eight_devices_equals_the_whole_batch_on_one(name):
                                          partitioning.replicated(mesh)))
     got = step(params, jax.device_put(batch, shardings), None, 0, frozen)
     hlo = step.lower(params, batch, None, 0, frozen).compile().as_text()
-  _assert_same_loss_and_grads(got, want)
+  # The sparse model's token-embedding gradient sums scatter-adds of terms of both signs (the
+  # distillation and the FLOPS penalty) over 32 x L tokens; on 8 devices in microbatches the
+  # float32 sums run in another order (measured: 1.4e-5 relative on that one leaf).
+  _assert_same_loss_and_grads(got, want, grad_tolerance=5e-5 if name.startswith("sparse") else 1e-5)
   if name.startswith("sparse_kd"):
     return  # its in-step BM25 teacher scores every query against every candidate's tokens
   # Splitting into microbatches moves no token rows between devices: the collectives carry

@@ -22,6 +22,7 @@ import pytest
 
 from dualenc import fs
 from tests import readme_commands as rc
+from tests.conftest import COMMAND_TIMINGS
 from tests.conftest import REPO_ROOT
 
 ALL_COMMANDS = rc.all_commands()
@@ -29,7 +30,6 @@ COMMANDS = [(w, c) for w, c in ALL_COMMANDS if rc.not_run_reason(c) is None]
 # TensorFlow's / XLA's C++ log lines at level E or W (their two log formats).
 NOISE = re.compile(r"^(\d{4}-\d\d-\d\d [\d:.]+: [EW] |[EW]\d{4} [\d:.]+\s+\d+ )"
                    r"\S*(tensorflow|xla)/|^WARNING:absl:", re.MULTILINE)
-TIMINGS = []
 
 
 def _copy_checkout(target: pathlib.Path) -> None:
@@ -107,7 +107,8 @@ def run_command(command: str, checkout, timeout: int = 900) -> str:
   shown = command if assignment is None else f'printf %s "$({assignment.group(2)})"'
   result = subprocess.run(["bash", "-c", shown], cwd=checkout["repo"], env=env, text=True,
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-  TIMINGS.append((time.perf_counter() - started, command))  # printed by conftest
+  with COMMAND_TIMINGS.open("a") as log:  # printed by conftest; one write per line: atomic
+    log.write(json.dumps([round(time.perf_counter() - started, 1), command]) + "\n")
   output = result.stdout + result.stderr
   if result.returncode != 0 or "Traceback (most recent call last)" in output:
     raise AssertionError(f"documented command failed (exit {result.returncode}):\n  {command}\n"
