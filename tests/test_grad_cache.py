@@ -126,7 +126,8 @@ def test_microbatched_on_eight_devices_equals_the_whole_batch_on_one(name):
   # The sparse model's token-embedding gradient sums scatter-adds of terms of both signs (the
   # distillation and the FLOPS penalty) over 32 x L tokens; on 8 devices in microbatches the
   # float32 sums run in another order (measured: 1.4e-5 relative on that one leaf).
-  _assert_same_loss_and_grads(got, want, grad_tolerance=5e-5 if name.startswith("sparse") else 1e-5)
+  _assert_same_loss_and_grads(got, want,
+                              grad_tolerance=5e-5 if name.startswith("sparse") else 1e-5)
   if name.startswith("sparse_kd"):
     return  # its in-step BM25 teacher scores every query against every candidate's tokens
   # Splitting into microbatches moves no token rows between devices: the collectives carry
