@@ -238,12 +238,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(json.dumps(manifest.get("counts", manifest), indent=None))
   test_data = registry.eval_data(TASK, "test")
 
+  # The run's evaluation settings (EVAL_FEATURE_LENGTHS: all-MiniLM-L6-v2's own 256-token
+  # documents), as `python -m dualenc.evaluate --checkpoint` reads them from the run's
+  # config.gin: both report the same numbers. The zero-shot row reads documents as long, so
+  # the two rows compare like for like.
+  model, _, eval_lengths, _ = evaluate.eval_task()
+
   _banner("Zero-shot: all-MiniLM-L6-v2 as published")
-  # Documents as long as the fine-tuned towers read them (EVAL_FEATURE_LENGTHS['targets']: 256
-  # in runs/main.gin, all-MiniLM-L6-v2's own limit), so the two rows compare like for like.
   zero_shot = retrieval.ModelEncoders(loading.from_hf_checkpoint(
-      convert.minilm_path(),
-      max_length=int(gin.query_parameter("%EVAL_FEATURE_LENGTHS")["targets"])))
+      convert.minilm_path(), max_length=int(eval_lengths["targets"])))
   # The published model's embeddings of this dataset are the same for every run: cached beside
   # the dataset (keyed by weights, tokenizer and texts), not per MODEL_DIR.
   before = _evaluate(zero_shot, test_data, model_dir / "eval" / "zero_shot",
@@ -254,10 +257,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   step = int(state.step)
 
   _banner(f"Evaluate the fine-tuned towers (step {step})")
-  # The run's evaluation settings (EVAL_FEATURE_LENGTHS: all-MiniLM-L6-v2's own 256-token
-  # documents, as for the zero-shot baseline), as `python -m dualenc.evaluate --checkpoint`
-  # reads them from the run's config.gin: both report the same numbers.
-  model, _, eval_lengths, _ = evaluate.eval_task()
   vocabulary = vocabularies.get_vocabulary()
   tuned = retrieval.ModelEncoders(loading.from_dualenc_checkpoint(
       model, model_dir / "checkpoints" / str(step), vocabulary, eval_lengths))
