@@ -9,7 +9,7 @@ With `--run`, also trains a few real steps of the largest batch with microbatche
 `python -m dualenc.train` and reports the process's peak resident memory and seconds per step.
 
   .venv/bin/python benchmarks/train_memory.py [--batches 64 256 512] [--microbatch 32]
-      [--devices 2] [--remat_batch 64] [--run] [--run_steps 2]
+      [--devices 2] [--remat_batch 64] [--run] [--run_steps 2] [--layers 6]
 """
 
 from __future__ import annotations
@@ -43,11 +43,12 @@ GIB = 2.0**30
 
 
 def compiled_memory(batch_size, microbatch_size, mesh, query_length=32, document_length=128,
-                    remat_policy="none"):
+                    remat_policy="none", layers=None):
   """XLA's memory analysis of one jitted train step: (temporaries, arguments) bytes per device."""
   # all-MiniLM-L6-v2's own config.json (the encoder runs/finetune.gin trains).
-  config = dataclasses.replace(convert.encoder_config(convert.minilm_path() / "config.json"),
-                               remat_policy=remat_policy)
+  config = convert.encoder_config(convert.minilm_path() / "config.json")
+  config = dataclasses.replace(config, remat_policy=remat_policy,
+                               num_layers=layers or config.num_layers)
   model = towers.DualEncoder(encoder_config=config, architecture="ade_spl")
   shapes = {"left_encoder_input_tokens": (batch_size, query_length),
             "right_encoder_input_tokens": (batch_size, document_length)}
@@ -98,6 +99,9 @@ def main():
   parser.add_argument("--run", action="store_true",
                       help="also train --run_steps real steps of the largest batch, microbatched")
   parser.add_argument("--run_steps", type=int, default=2)
+  parser.add_argument("--layers", type=int, default=None,
+                      help="compile only the first N encoder layers (smoke runs: the figures "
+                           "are for all 6)")
   parser.add_argument("--remat_batch", type=int, default=64,
                       help="also compile this batch (no microbatches) under each remat policy")
   args = parser.parse_args()
@@ -109,7 +113,7 @@ def main():
     for microbatch in (None, args.microbatch):
       if microbatch and microbatch >= batch_size:
         continue
-      temp, arguments = compiled_memory(batch_size, microbatch, mesh)
+      temp, arguments = compiled_memory(batch_size, microbatch, mesh, layers=args.layers)
       total = (temp + arguments) * args.devices
       print(f"{batch_size:>12} {str(microbatch or '-'):>10} {temp / GIB:>10.2f}Gi "
             f"{arguments / GIB:>10.2f}Gi {total / GIB:>9.2f}Gi  "
@@ -117,7 +121,8 @@ def main():
   if args.remat_batch:
     print(f"remat policies at global batch {args.remat_batch} (encoders.BertConfig.remat_policy):")
     for policy in ("none", "full", "dots"):
-      temp, _ = compiled_memory(args.remat_batch, None, mesh, remat_policy=policy)
+      temp, _ = compiled_memory(args.remat_batch, None, mesh, remat_policy=policy,
+                                layers=args.layers)
       print(f"  {policy:5s} temporaries/device {temp / GIB:.2f} GiB", flush=True)
   if args.run:
     batch_size = max(args.batches)

@@ -14,6 +14,7 @@ otherwise idle machine: step times swing by 10% or more under load.
 
   .venv/bin/python benchmarks/train_step.py [--rounds 3] [--block 3] [--pairs 8] [--batch 64]
       [--length 128] [--peak_gflops F32] [--peak_gflops_bf16 BF16] [--only_dualenc]
+      [--layers 6]
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ def _sentence_transformers_step(batch, args, autocast=False):
   from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
   st_model = SentenceTransformer(str(convert.minilm_path()), device="cpu")
+  if args.layers:
+    encoder = st_model[0].auto_model.encoder
+    encoder.layer = encoder.layer[:args.layers]
   st_model.train()
   st_loss = MultipleNegativesRankingLoss(st_model, scale=20.0)
   st_opt = torch.optim.AdamW(st_model.parameters(), lr=2e-5)
@@ -166,19 +170,27 @@ def main():
   parser.add_argument("--only_dualenc", action="store_true", help="skip sentence-transformers")
   parser.add_argument("--peak_gflops", type=float, default=None,
                       help="fp32 matmul peak of this machine in GFLOP/s (default: measured)")
+  parser.add_argument("--layers", type=int, default=None,
+                      help="keep only the first N encoder layers, both sides (smoke runs: the "
+                           "figures are for all 6)")
   parser.add_argument("--peak_gflops_bf16", type=float, default=None,
                       help="bf16 matmul peak (float32 accumulation; default: measured)")
   args = parser.parse_args()
 
   loaded = convert.load_sentence_transformer(convert.minilm_path())
   config = loaded.module.config
+  encoder_params = loaded.variables["params"]
+  if args.layers:
+    config = dataclasses.replace(config, num_layers=args.layers)
+    encoder_params = {k: v for k, v in encoder_params.items()
+                      if not k.startswith("layers_") or int(k.split("_")[1]) < args.layers}
   model = towers.DualEncoder(config, architecture="sde", pooling="mean", normalize=True)
   rng = np.random.default_rng(0)
   tokens = lambda: rng.integers(1000, config.vocab_size, (args.batch, args.length), np.int32)
   mesh = partitioning.make_mesh()
   batch = partitioning.global_batch({"left_encoder_input_tokens": tokens(),
                                      "right_encoder_input_tokens": tokens()}, mesh)
-  params = {"encoder": jax.tree.map(jnp.asarray, loaded.variables["params"])}
+  params = {"encoder": jax.tree.map(jnp.asarray, encoder_params)}
 
   # ---- dualenc: in-batch softmax (MNRL-equivalent), bidirectional, SamToNe ------------------
   mnrl = lambda q, d, **kw: losses.in_batch_softmax(q, d, temperature=0.05, bidirectional=False)

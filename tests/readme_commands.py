@@ -135,6 +135,10 @@ SHRINK: Tuple[Shrink, ...] = (
            "every such command, so a later command's --cache_dir embeddings still match)",
            lambda c: "--hf_checkpoint=$MINILM" in c,
            lambda c: _set_flag(c, "--max_length", "64")),
+    Shrink("mining with all-MiniLM-L6-v2 as the dense teacher reads 256 tokens of each document "
+           "(minutes for the SciFact slice here): 64",
+           lambda c: "-m dualenc.sparse.mine" in c and "--dense_teacher=" in c,
+           lambda c: _set_flag(c, "--max_length", "64")),
     Shrink("fitting all-MiniLM-L6-v2's MLM head reads 3,000 texts and takes 600 Adam steps "
            "(minutes here); 64 texts and 10 steps run the same code",
            lambda c: "-m dualenc.sparse.mlm_head" in c,
@@ -164,12 +168,15 @@ SHRINK: Tuple[Shrink, ...] = (
     Shrink("benchmarks: one short round on small inputs (their figures are not asserted)",
            lambda c: "benchmarks/encode.py" in c,
            lambda c: f"{c} --num_docs=48 --repeats=1"),
-    Shrink("benchmarks: small batches, compiled only (their figures are not asserted)",
+    Shrink("benchmarks: small batches of a one-layer MiniLM, compiled only (their figures are "
+           "not asserted; compiling the six layers takes most of a benchmark's time)",
            lambda c: "benchmarks/train_memory.py" in c,
-           lambda c: c.replace(" --run", "") + " --batches 16 --microbatch 8 --remat_batch 0"),
-    Shrink("benchmarks: one short round on small inputs (their figures are not asserted)",
+           lambda c: c.replace(" --run", "") + " --batches 16 --microbatch 8 --remat_batch 0"
+           " --layers 1"),
+    Shrink("benchmarks: one short round on small inputs with a one-layer MiniLM (their figures "
+           "are not asserted; compiling the six layers takes most of a benchmark's time)",
            lambda c: "benchmarks/train_step.py" in c,
-           lambda c: f"{c} --rounds=1 --block=2 --batch=8 --length=16 --pairs=1"),
+           lambda c: f"{c} --rounds=1 --block=2 --batch=8 --length=16 --pairs=1 --layers=1"),
     Shrink("no progress bars in logs",
            lambda c: _is_train(c),
            lambda c: _set_flag(c, "--gin.train.progress_bar", "False")),

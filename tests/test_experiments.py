@@ -14,15 +14,19 @@ import pytest
 from dualenc.experiments import grid
 from dualenc.experiments import samtone_suite
 from dualenc.experiments import sparse_suite
+from tests.conftest import with_compilation_cache
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _suite(name, tmp_path, *extra):
+  # As a user runs it: one CPU device (not the suite's 8 emulated ones), and the session's
+  # compilation cache (the cells' evaluations compile the same encoder programs).
+  env = with_compilation_cache({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
   out = subprocess.run(
       [sys.executable, "-m", "dualenc.experiments", name, "--scale=tiny",
        f"--output_dir={tmp_path / 'runs'}", f"--report_dir={tmp_path / 'report'}", *extra],
-      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   return out.stdout
 

@@ -15,6 +15,7 @@ import pytest
 
 from dualenc import checkpoints, fs
 from tests.conftest import REPO_ROOT
+from tests.conftest import with_compilation_cache
 
 TINY = ["--gin_file=runs/tiny_cpu.gin", "--gin.TRAIN_STEPS=6", "--gin.BATCH_SIZE=8",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 16}",
@@ -25,7 +26,7 @@ def _env():
   env = dict(os.environ)  # the emulator's variables are set by the fixture
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
   env["PYTHONPATH"] = str(REPO_ROOT)
-  return env
+  return with_compilation_cache(env)
 
 
 def _run(args, cwd, **kwargs):

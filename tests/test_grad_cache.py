@@ -184,6 +184,8 @@ def test_loss_logits_memory_per_device_grows_as_local_times_global_batch():
 
 
 def test_sigkill_then_same_microbatched_command_resumes_to_identical_parameters(tmp_path):
+  """The trainer's SIGKILL / exact-resume test (checkpoint, data position, dropout keys),
+  here with microbatches on two devices, so that one subprocess trio covers both paths."""
   micro = ["--gin.MICROBATCH_SIZE=4"]
   subprocess.run(_command(tmp_path / "straight", *micro), env=_env(2), check=True,
                  cwd=REPO_ROOT, capture_output=True)

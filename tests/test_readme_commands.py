@@ -24,6 +24,7 @@ from dualenc import fs
 from tests import readme_commands as rc
 from tests.conftest import COMMAND_TIMINGS
 from tests.conftest import REPO_ROOT
+from tests.conftest import with_compilation_cache
 
 ALL_COMMANDS = rc.all_commands()
 COMMANDS = [(w, c) for w, c in ALL_COMMANDS if rc.not_run_reason(c) is None]
@@ -96,6 +97,8 @@ def checkout(tmp_path_factory, shared_data_dir, gcs_emulator):
   env.pop("TF_CPP_MIN_LOG_LEVEL", None)
   env.update(PATH=f"{repo / '.venv' / 'bin'}{os.pathsep}{env['PATH']}",
              DUALENC_DATA_DIR=str(shared_data_dir), PYTHONDONTWRITEBYTECODE="1")
+  # Commands that evaluate the same checkpoint compile the same encoder programs: one cache.
+  env = with_compilation_cache(env)
   return {"repo": repo, "env": env, "variables": {}}
 
 

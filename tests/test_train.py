@@ -1,4 +1,8 @@
-"""The trainer end to end on the tiny CPU config: logging, sharding, resume, preemption, failures."""
+"""The trainer end to end on the tiny CPU config: logging, sharding, preemption, failures.
+
+SIGKILL and exact resume: tests/test_grad_cache.py (the same command with microbatches on two
+devices, which covers the plain path too). A dataset registered from the shell: the README's
+`runs/mine` command, run by tests/test_readme_commands.py."""
 
 import json
 import os
@@ -17,6 +21,7 @@ import pytest
 
 from dualenc import gin_utils, train
 from tests.conftest import REPO_ROOT
+from tests.conftest import with_compilation_cache
 
 TINY = ["--gin_file=runs/tiny_cpu.gin", "--gin.TRAIN_STEPS=8", "--gin.BATCH_SIZE=8",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 16}",
@@ -58,7 +63,7 @@ def _env(devices=1):
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = str(REPO_ROOT)
-  return env
+  return with_compilation_cache(env) if devices == 1 else env
 
 
 def _command(model_dir, *extra):
@@ -112,27 +117,6 @@ def test_data_model_mesh_matches_a_single_device(tmp_path):
   np.testing.assert_allclose([mesh[s] for s in sorted(mesh)], [one[s] for s in sorted(one)],
                              rtol=1e-5, atol=0)
   _assert_trees_close(_saved_params(tmp_path / "mesh"), _saved_params(tmp_path / "one"), 1e-5)
-
-
-def test_sigkill_then_same_command_resumes_to_identical_parameters(tmp_path):
-  subprocess.run(_command(tmp_path / "straight"), env=_env(), check=True, cwd=REPO_ROOT,
-                 capture_output=True)
-  command = _command(tmp_path / "killed", _hook_file(tmp_path, 0.4))
-  process = subprocess.Popen(command, env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
-  checkpoint = tmp_path / "killed" / "checkpoints" / "4"
-  deadline = time.time() + 240
-  while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert checkpoint.exists(), process.stdout.read().decode()[-3000:]
-  assert not (tmp_path / "killed" / "checkpoints" / "8").exists()
-  resumed = subprocess.run(command, env=_env(), cwd=REPO_ROOT, capture_output=True, text=True)
-  assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-  assert "Resumed from" in resumed.stdout
-  _assert_trees_close(_saved_params(tmp_path / "killed", 8),
-                      _saved_params(tmp_path / "straight", 8), 1e-6)
 
 
 def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path):
@@ -216,35 +200,6 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
   assert sorted(two) == sorted(one) == [1, 2, 3]
   np.testing.assert_allclose([two[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)],
                              rtol=1e-5, atol=0)
-
-
-def _write_beir(directory, shared_data_dir, pairs=24):
-  """A small BEIR folder of real SciFact claims and abstracts (first `pairs` train qrels)."""
-  scifact = shared_data_dir / "scifact"
-  qrels = [line.strip().split("\t") for line in
-           (scifact / "qrels" / "train.tsv").read_text().splitlines()[1:pairs + 1]]
-  wanted_queries, wanted_docs = {q for q, _, _ in qrels}, {d for _, d, _ in qrels}
-  (directory / "qrels").mkdir(parents=True)
-  for name, wanted in (("queries", wanted_queries), ("corpus", wanted_docs)):
-    lines = [line for line in (scifact / f"{name}.jsonl").read_text().splitlines()
-             if json.loads(line)["_id"] in wanted]
-    (directory / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-  (directory / "qrels" / "train.tsv").write_text(
-      "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
-
-
-def test_a_dataset_registered_from_the_shell_trains(tmp_path, shared_data_dir):
-  _write_beir(tmp_path / "mine", shared_data_dir)
-  flags = ["--gin.MIXTURE_OR_TASK_NAME=@dualenc.data.registry.register_dataset()",
-           "--gin.dualenc.data.registry.register_dataset.name='shell_scifact_subset'",
-           f"--gin.dualenc.data.registry.register_dataset.directory='{tmp_path / 'mine'}'",
-           "--gin.dualenc.data.registry.register_dataset.format='beir'",
-           "--gin.TRAIN_STEPS=3"]
-  state = _train_in_process(tmp_path / "run", *flags)
-  assert int(state.step) == 3
-  losses = _losses(tmp_path / "run")
-  assert sorted(losses) == [1, 2, 3] and all(np.isfinite(v) for v in losses.values())
-  assert "shell_scifact_subset" in (tmp_path / "run" / "config.gin").read_text()
 
 
 @pytest.mark.parametrize("run", ["tiny_cpu", "finetune", "main", "samtone_paper"])

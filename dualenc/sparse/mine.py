@@ -34,17 +34,19 @@ from dualenc import fs
 from dualenc.sparse import bm25
 
 def dense_score_matrix(hf_checkpoint, queries: Sequence[str], doc_ids: Sequence[str],
-                       docs: Sequence[str]) -> np.ndarray:
-  """[Q, N] cosine similarities from a dense model's shared tower."""
+                       docs: Sequence[str], max_length: Optional[int] = None) -> np.ndarray:
+  """[Q, N] cosine similarities from a dense model's shared tower (texts cut at max_length
+  tokens; None: the model's own limit, e.g. all-MiniLM-L6-v2's 256)."""
   from dualenc.evaluation import loading, retrieval  # pylint: disable=g-import-not-at-top
-  encoders = retrieval.ModelEncoders(loading.from_hf_checkpoint(hf_checkpoint))
+  encoders = retrieval.ModelEncoders(loading.from_hf_checkpoint(hf_checkpoint,
+                                                                max_length=max_length))
   d = encoders.encode("document", list(doc_ids), list(docs))
   q = encoders.encode("query", [str(i) for i in range(len(queries))], list(queries))
   return q @ d.T
 
 
 def mine(eval_data, *, negatives: int, miner: str, dense_teacher=None,
-         depth: int = 100) -> List[Dict]:
+         dense_max_length: Optional[int] = None, depth: int = 100) -> List[Dict]:
   """Records (see the module docstring) for every judged pair of an EvalData."""
   doc_ids, docs = list(eval_data.corpus_ids), list(eval_data.corpus_texts)
   judged = [q for q in eval_data.query_ids if q in eval_data.qrels]
@@ -52,7 +54,8 @@ def mine(eval_data, *, negatives: int, miner: str, dense_teacher=None,
   queries = [query_text[q] for q in judged]
   scores = {"bm25": bm25.BM25Searcher(docs).scores(queries)}
   if dense_teacher:
-    scores["dense"] = dense_score_matrix(dense_teacher, queries, doc_ids, docs)
+    scores["dense"] = dense_score_matrix(dense_teacher, queries, doc_ids, docs,
+                                         dense_max_length)
   if miner not in scores:
     raise ValueError(f"--miner={miner!r} needs its teacher (--dense_teacher for 'dense')")
   row_of = {d: i for i, d in enumerate(doc_ids)}
@@ -81,10 +84,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--miner", choices=("bm25", "dense"), default="bm25")
   parser.add_argument("--dense_teacher", default=None,
                       help="Hugging Face / sentence-transformers dense model directory")
+  parser.add_argument("--max_length", type=int, default=None,
+                      help="tokens of each text the dense teacher reads (default: its own limit)")
   args = parser.parse_args(argv)
   from dualenc.data import readers  # pylint: disable=g-import-not-at-top
   records = mine(readers.open_dataset(args.beir_dir, "beir").eval_data(args.split),
-                 negatives=args.negatives, miner=args.miner, dense_teacher=args.dense_teacher)
+                 negatives=args.negatives, miner=args.miner, dense_teacher=args.dense_teacher,
+                 dense_max_length=args.max_length)
   fs.write_text(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                      for r in records))
   print(f"{len(records)} records with {args.negatives} hard negatives ({args.miner}) and "
