@@ -1,6 +1,10 @@
 """A gs:// MODEL_DIR end to end, against a local Cloud Storage emulator started by the test:
 train, SIGKILL, resume exactly, evaluate and search from the bucket; nothing lands in the
-working directory. Every path goes through dualenc.fs, the layer a real bucket uses too."""
+working directory. Every path goes through dualenc.fs, the layer a real bucket uses too.
+
+This is also the trainer's SIGKILL / exact-resume test (checkpoint, data position, dropout
+keys): the runs take microbatches (gradient caching) on two CPU devices, so one trio of
+processes covers the plain, the microbatched and the bucket paths."""
 
 import json
 import os
@@ -18,19 +22,20 @@ from tests.conftest import REPO_ROOT
 from tests.conftest import with_compilation_cache
 
 TINY = ["--gin_file=runs/tiny_cpu.gin", "--gin.TRAIN_STEPS=6", "--gin.BATCH_SIZE=8",
+        "--gin.MICROBATCH_SIZE=4",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 16}",
         "--gin.train.checkpoint_every_steps=2", "--gin.train.progress_bar=False"]
 
 
-def _env():
+def _env(devices=1):
   env = dict(os.environ)  # the emulator's variables are set by the fixture
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["PYTHONPATH"] = str(REPO_ROOT)
-  return with_compilation_cache(env)
+  return with_compilation_cache(env) if devices == 1 else env
 
 
-def _run(args, cwd, **kwargs):
-  result = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=_env(), text=True,
+def _run(args, cwd, devices=1, **kwargs):
+  result = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=_env(devices), text=True,
                           capture_output=True, timeout=600, **kwargs)
   assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
   return result
@@ -59,7 +64,7 @@ def test_gs_model_dir_trains_resumes_exactly_and_evaluates_from_the_bucket(
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   straight, killed = gcs_emulator.uri("runs", "straight"), gcs_emulator.uri("runs", "killed")
-  _run(["dualenc.train", *TINY, f"--gin.MODEL_DIR='{straight}'"], cwd)
+  _run(["dualenc.train", *TINY, f"--gin.MODEL_DIR='{straight}'"], cwd, devices=2)
 
   hook = tmp_path / "slow.gin"
   hook.write_text("import tests.train_hooks\n"
@@ -67,7 +72,7 @@ def test_gs_model_dir_trains_resumes_exactly_and_evaluates_from_the_bucket(
                   "tests.train_hooks.slow_steps.seconds = 0.5\n")
   command = [sys.executable, "-m", "dualenc.train", *TINY, f"--gin.MODEL_DIR='{killed}'",
              f"--gin_file={hook}"]
-  process = subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.PIPE,
+  process = subprocess.Popen(command, cwd=cwd, env=_env(2), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT)
   committed = fs.path(killed) / "checkpoints" / "4" / "commit_success.txt"
   deadline = time.time() + 300
@@ -78,7 +83,7 @@ def test_gs_model_dir_trains_resumes_exactly_and_evaluates_from_the_bucket(
   assert committed.exists(), process.stdout.read().decode()[-3000:]
   assert not (fs.path(killed) / "checkpoints" / "6" / "commit_success.txt").exists()
   resumed = _run(["dualenc.train", *TINY, f"--gin.MODEL_DIR='{killed}'", f"--gin_file={hook}"],
-                 cwd)
+                 cwd, devices=2)
   assert f"Resumed from {killed}/checkpoints/4 at step 4" in resumed.stdout
 
   straight_params = checkpoints.params_metadata(f"{straight}/checkpoints/6")

@@ -1,11 +1,10 @@
 """Gradient caching (dualenc.grad_cache): the whole global batch's loss and gradients from
 microbatched towers, for every loss, on one device and sharded over 8; the loss's logits memory
-per device; a microbatched run resumes exactly after SIGKILL."""
+per device (SIGKILL and exact resume of a microbatched run: tests/test_gcs.py)."""
 
 import functools
 import re
 import subprocess
-import time
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ from dualenc.encoders import bert
 from dualenc.sparse import losses as sparse_losses
 from dualenc.sparse import model as sparse_model
 from dualenc.sparse import teachers
-from tests.test_train import _assert_trees_close, _command, _env, _hook_file, _saved_params
+from tests.test_train import _command, _env
 from tests.conftest import REPO_ROOT
 
 TINY = bert.BertConfig(vocab_size=30522, d_model=32, num_heads=2, num_layers=2, d_ff=64,
@@ -181,30 +180,6 @@ def test_loss_logits_memory_per_device_grows_as_local_times_global_batch():
   # (local x global: its 128 query rows against all 1024 documents and queries).
   assert one >= block
   assert block / 8 <= eight <= one / 6, (one / 2**20, eight / 2**20)
-
-
-def test_sigkill_then_same_microbatched_command_resumes_to_identical_parameters(tmp_path):
-  """The trainer's SIGKILL / exact-resume test (checkpoint, data position, dropout keys),
-  here with microbatches on two devices, so that one subprocess trio covers both paths."""
-  micro = ["--gin.MICROBATCH_SIZE=4"]
-  subprocess.run(_command(tmp_path / "straight", *micro), env=_env(2), check=True,
-                 cwd=REPO_ROOT, capture_output=True)
-  command = _command(tmp_path / "killed", *micro, _hook_file(tmp_path, 0.4))
-  process = subprocess.Popen(command, env=_env(2), cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
-  checkpoint = tmp_path / "killed" / "checkpoints" / "4"
-  deadline = time.time() + 240
-  while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
-    time.sleep(0.05)
-  process.kill()
-  process.wait()
-  assert checkpoint.exists(), process.stdout.read().decode()[-3000:]
-  assert not (tmp_path / "killed" / "checkpoints" / "8").exists()
-  resumed = subprocess.run(command, env=_env(2), cwd=REPO_ROOT, capture_output=True, text=True)
-  assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-  assert "Resumed from" in resumed.stdout
-  _assert_trees_close(_saved_params(tmp_path / "killed", 8),
-                      _saved_params(tmp_path / "straight", 8), 1e-6)
 
 
 def test_a_bad_microbatch_size_from_the_shell_fails_before_writing_anything(tmp_path):

@@ -1,7 +1,7 @@
 """The trainer end to end on the tiny CPU config: logging, sharding, preemption, failures.
 
-SIGKILL and exact resume: tests/test_grad_cache.py (the same command with microbatches on two
-devices, which covers the plain path too). A dataset registered from the shell: the README's
+SIGKILL and exact resume: tests/test_gcs.py (a gs:// MODEL_DIR, microbatches, two devices: one
+trio of processes for the plain, the microbatched and the bucket paths). A dataset registered from the shell: the README's
 `runs/mine` command, run by tests/test_readme_commands.py."""
 
 import json
