@@ -170,11 +170,11 @@ def main():
   parser.add_argument("--only_dualenc", action="store_true", help="skip sentence-transformers")
   parser.add_argument("--peak_gflops", type=float, default=None,
                       help="fp32 matmul peak of this machine in GFLOP/s (default: measured)")
+  parser.add_argument("--peak_gflops_bf16", type=float, default=None,
+                      help="bf16 matmul peak (float32 accumulation; default: measured)")
   parser.add_argument("--layers", type=int, default=None,
                       help="keep only the first N encoder layers, both sides (smoke runs: the "
                            "figures are for all 6)")
-  parser.add_argument("--peak_gflops_bf16", type=float, default=None,
-                      help="bf16 matmul peak (float32 accumulation; default: measured)")
   args = parser.parse_args()
 
   loaded = convert.load_sentence_transformer(convert.minilm_path())

@@ -4,7 +4,6 @@ Numerical parity with transformers' PyTorch models is in test_convert.py.
 """
 
 import pathlib
-
 import re
 
 import gin

@@ -18,20 +18,13 @@ import numpy as np
 import pytest
 
 from dualenc import checkpoints, fs
-from tests.conftest import REPO_ROOT
-from tests.conftest import with_compilation_cache
+# The trainer tests' environment (inherits the emulator's variables set by the fixture).
+from tests.test_train import _env
 
 TINY = ["--gin_file=runs/tiny_cpu.gin", "--gin.TRAIN_STEPS=6", "--gin.BATCH_SIZE=8",
         "--gin.MICROBATCH_SIZE=4",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 16}",
         "--gin.train.checkpoint_every_steps=2", "--gin.train.progress_bar=False"]
-
-
-def _env(devices=1):
-  env = dict(os.environ)  # the emulator's variables are set by the fixture
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["PYTHONPATH"] = str(REPO_ROOT)
-  return with_compilation_cache(env) if devices == 1 else env
 
 
 def _run(args, cwd, devices=1, **kwargs):
