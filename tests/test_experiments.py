@@ -133,6 +133,9 @@ def test_full_grids_have_the_issue_cells():
   trained = [c for c in sparse.cells if "seed" in c.factors]
   assert len(trained) == 2 * (3 * 5 + 2 * len(sparse_suite.SWEEP))
   assert len(sparse.cells) - len(trained) == 4  # BM25 and the dense teacher per dataset
+  # The lambda sweep belongs to seed 0, also when a later invocation asks for other seeds only.
+  later = [c.factors for c in sparse_suite.build(seeds=(1, 2)).cells if "seed" in c.factors]
+  assert len(later) == 2 * 2 * 5 and {f["flops_lambda_multiple"] for f in later} == {1.0}
 
 
 def test_dry_run_lists_every_command_and_writes_nothing(tmp_path):
