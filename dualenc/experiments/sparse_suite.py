@@ -199,9 +199,9 @@ def draw_tradeoff(summary: Mapping[str, Any], out_dir: pathlib.Path) -> List[pat
       points.sort()
       x, y, err, multiple = (np.array(v) for v in zip(*points))
       ax.errorbar(x, y, yerr=err, marker="o", color=color, label=QUERY_SIDES[query], capsize=3)
-      for xi, yi, m in zip(x, y, multiple):
-        ax.annotate(f"λ×{m:g}", (xi, yi), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
+      for i, (xi, yi, m) in enumerate(zip(x, y, multiple)):  # above/below in turn: λ × 1/4..4
+        ax.annotate(f"λ×{m:g}", (xi, yi), textcoords="offset points",  # sit close together
+                    xytext=(4, 5 if i % 2 else -11), fontsize=7)
     for name, style in (("bm25", ":"), ("dense", "--")):
       ref = summary.get(f"{dataset}/reference/{name}")
       if ref:
