@@ -96,7 +96,7 @@ def build(*, scale: str = "cpu", seeds=(0, 1, 2), datasets=("default", "scifact"
       data = [f"--gin_file={DATASETS[dataset]['gin']}",
               f"--gin.IDF_PATH='{{suite}}/idf/{dataset}.json'",
               f"--gin.INITIAL_CHECKPOINT_PATH='{{suite}}/mlm_head/{dataset}'", *base]
-      # IDF-aware vs idf = 1 first (with the lambda sweep on the first seed), then teachers.
+      # IDF-aware vs idf = 1 first (with the lambda sweep on seed 0), then teachers.
       runs = [("idf", "ensemble", 1.0), ("ones", "ensemble", 1.0)]
       if seed == SWEEP_SEED:
         runs += [(query, "ensemble", m) for m in SWEEP for query in QUERY_SIDES]
@@ -199,8 +199,9 @@ def draw_tradeoff(summary: Mapping[str, Any], out_dir: pathlib.Path) -> List[pat
       points.sort()
       x, y, err, multiple = (np.array(v) for v in zip(*points))
       ax.errorbar(x, y, yerr=err, marker="o", color=color, label=QUERY_SIDES[query], capsize=3)
-      for i, (xi, yi, m) in enumerate(zip(x, y, multiple)):  # above/below in turn: λ × 1/4..4
-        ax.annotate(f"λ×{m:g}", (xi, yi), textcoords="offset points",  # sit close together
+      # Labels above and below the line in turn: the points of λ × 1/4 to × 4 sit close together.
+      for i, (xi, yi, m) in enumerate(zip(x, y, multiple)):
+        ax.annotate(f"λ×{m:g}", (xi, yi), textcoords="offset points",
                     xytext=(4, 5 if i % 2 else -11), fontsize=7)
     for name, style in (("bm25", ":"), ("dense", "--")):
       ref = summary.get(f"{dataset}/reference/{name}")
