@@ -168,9 +168,11 @@ def _embeddings(eval_dir: pathlib.Path, dataset: str):
 
 def summarise(entries: Mapping[str, Any]) -> Dict[str, Any]:
   """(dataset, architecture, loss) -> {metric: mean/std/n over seeds}, plus each loss's
-  difference to in-batch softmax on the dataset's first metric: mean difference and the
-  standard error of that difference (sqrt(s1^2/n1 + s2^2/n2))."""
+  difference to in-batch softmax on the dataset's first metric over the seeds both have run
+  (a half-finished suite must not compare one seed with another's mean): mean difference and
+  its standard error (sqrt(s1^2/n + s2^2/n))."""
   out: Dict[str, Any] = {}
+  by_seed: Dict[str, Dict[int, float]] = {}  # key -> seed -> the dataset's first metric
   for (dataset, arch, loss), runs in grid.group(
       entries, ("dataset", "architecture", "loss")).items():
     names = DATASETS[dataset]["metrics"]
@@ -179,15 +181,21 @@ def summarise(entries: Mapping[str, Any]) -> Dict[str, Any]:
       stats[key] = grid.seed_statistics([r["analysis"][key] for r in runs])
     stats["seeds"] = sorted(r["factors"]["seed"] for r in runs)
     out[f"{dataset}/{arch}/{loss}"] = stats
+    by_seed[f"{dataset}/{arch}/{loss}"] = {r["factors"]["seed"]: r["metrics"][names[0]]
+                                           for r in runs}
   for key, stats in out.items():
     dataset, arch, loss = key.split("/")
     base = out.get(f"{dataset}/{arch}/in_batch")
     first = DATASETS[dataset]["metrics"][0]
     if base is None or loss == "in_batch":
       continue
-    a, b = stats[first], base[first]
+    seeds = sorted(set(by_seed[key]) & set(by_seed[f"{dataset}/{arch}/in_batch"]))
+    if not seeds:
+      continue
+    a, b = (grid.seed_statistics([by_seed[k][s] for s in seeds])
+            for k in (key, f"{dataset}/{arch}/in_batch"))
     stats["delta_vs_in_batch"] = {
-        "metric": first, "mean": a["mean"] - b["mean"], "n": min(a["n"], b["n"]),
+        "metric": first, "mean": a["mean"] - b["mean"], "n": len(seeds), "seeds": seeds,
         "se": float(np.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]))}
   return out
 
@@ -215,7 +223,7 @@ def render(suite: grid.Suite, entries: Mapping[str, Any], report: pathlib.Path) 
         delta_text = ""
         if delta:  # a standard error needs two seeds on both sides
           delta_text = (f"{delta['mean']:+.4f} ± {delta['se']:.4f}" if delta["n"] > 1
-                        else f"{delta['mean']:+.4f} (1 seed)")
+                        else f"{delta['mean']:+.4f} (seed {delta['seeds'][0]})")
         lines.append("| " + " | ".join(
             [ARCHITECTURES[arch], LOSSES[loss][1], str(len(stats["seeds"]))]
             + [grid.mean_std_cell(stats[m]) for m in metrics] + [delta_text]
