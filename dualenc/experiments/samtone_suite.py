@@ -185,17 +185,14 @@ def summarise(entries: Mapping[str, Any]) -> Dict[str, Any]:
                                            for r in runs}
   for key, stats in out.items():
     dataset, arch, loss = key.split("/")
-    base = out.get(f"{dataset}/{arch}/in_batch")
-    first = DATASETS[dataset]["metrics"][0]
-    if base is None or loss == "in_batch":
+    base_key = f"{dataset}/{arch}/in_batch"
+    seeds = sorted(set(by_seed[key]) & set(by_seed.get(base_key, {})))
+    if loss == "in_batch" or not seeds:
       continue
-    seeds = sorted(set(by_seed[key]) & set(by_seed[f"{dataset}/{arch}/in_batch"]))
-    if not seeds:
-      continue
-    a, b = (grid.seed_statistics([by_seed[k][s] for s in seeds])
-            for k in (key, f"{dataset}/{arch}/in_batch"))
+    a, b = (grid.seed_statistics([by_seed[k][s] for s in seeds]) for k in (key, base_key))
     stats["delta_vs_in_batch"] = {
-        "metric": first, "mean": a["mean"] - b["mean"], "n": len(seeds), "seeds": seeds,
+        "metric": DATASETS[dataset]["metrics"][0], "mean": a["mean"] - b["mean"],
+        "n": len(seeds), "seeds": seeds,
         "se": float(np.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]))}
   return out
 
