@@ -103,10 +103,48 @@ def test_samtone_summary_difference_and_standard_error():
           "analysis": {"top1_median": 0.5, "ratio_median": 1.0}}
   summary = samtone_suite.summarise(entries)
   delta = summary["default/sde/samtone"]["delta_vs_in_batch"]
-  a, b = np.array([0.55, 0.56, 0.60]), np.array([0.50, 0.52, 0.54])
-  assert delta["mean"] == pytest.approx(a.mean() - b.mean())
-  assert delta["se"] == pytest.approx(np.sqrt(a.var(ddof=1) / 3 + b.var(ddof=1) / 3))
+  d = np.array([0.55, 0.56, 0.60]) - np.array([0.50, 0.52, 0.54])  # paired by seed
+  assert delta["mean"] == pytest.approx(d.mean())
+  assert delta["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+  assert delta["metric"] == "ndcg@10" and delta["seeds"] == [0, 1, 2]
   assert "delta_vs_in_batch" not in summary["default/sde/in_batch"]
+
+
+def test_paired_difference_uses_only_the_seeds_both_cells_have():
+  cell, base = {0: 0.60, 2: 0.50}, {0: 0.55, 1: 0.90, 2: 0.52}
+  delta = grid.paired_difference(cell, base)
+  d = np.array([0.60 - 0.55, 0.50 - 0.52])
+  assert delta["seeds"] == [0, 2] and delta["n"] == 2
+  assert delta["mean"] == pytest.approx(d.mean())
+  assert delta["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(2))
+  assert grid.difference_cell(delta) == f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(2):.4f}"
+  one = grid.paired_difference({1: 0.7}, base)
+  assert one["se"] == 0.0 and grid.difference_cell(one) == f"{0.7 - 0.9:+.4f} (seed 1)"
+  assert grid.paired_difference({3: 0.7}, base) is None and grid.difference_cell(None) == ""
+
+
+def test_sparse_summary_compares_each_row_with_the_idf_aware_ensemble_at_equal_lambda():
+  ndcg = {("idf", "ensemble", 1.0): [0.40, 0.38, 0.39], ("ones", "ensemble", 1.0): [0.33, 0.35],
+          ("idf", "bm25", 1.0): [0.39, 0.36, 0.40], ("idf", "ensemble", 16.0): [0.42],
+          ("ones", "ensemble", 16.0): [0.34]}
+  entries = {}
+  for (query, teacher, multiple), values in ndcg.items():
+    for seed, value in enumerate(values):
+      entries[f"{query}/{teacher}/{multiple}/{seed}"] = {
+          "factors": {"dataset": "default", "query": query, "teacher": teacher,
+                      "flops_lambda_multiple": multiple, "seed": seed},
+          "metrics": {m: value for m in sparse_suite.METRICS}}
+  summary = sparse_suite.summarise(entries)
+  ones = summary["default/ones/ensemble/x1"]["delta_vs_idf_ensemble"]
+  d = np.array([0.33 - 0.40, 0.35 - 0.38])
+  assert ones["seeds"] == [0, 1] and ones["mean"] == pytest.approx(d.mean())
+  assert ones["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(2))
+  bm25 = summary["default/idf/bm25/x1"]["delta_vs_idf_ensemble"]
+  assert bm25["mean"] == pytest.approx(np.mean([-0.01, -0.02, 0.01]))
+  sweep = summary["default/ones/ensemble/x16"]["delta_vs_idf_ensemble"]  # λ × 16, not × 1
+  assert sweep["mean"] == pytest.approx(0.34 - 0.42) and sweep["seeds"] == [0]
+  assert "delta_vs_idf_ensemble" not in summary["default/idf/ensemble/x1"]
+  assert "delta_vs_idf_ensemble" not in summary["default/idf/ensemble/x16"]
 
 
 def test_changed_commands_rerun_a_cell(tmp_path):

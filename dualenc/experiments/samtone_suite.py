@@ -168,9 +168,8 @@ def _embeddings(eval_dir: pathlib.Path, dataset: str):
 
 def summarise(entries: Mapping[str, Any]) -> Dict[str, Any]:
   """(dataset, architecture, loss) -> {metric: mean/std/n over seeds}, plus each loss's
-  difference to in-batch softmax on the dataset's first metric over the seeds both have run
-  (a half-finished suite must not compare one seed with another's mean): mean difference and
-  its standard error (sqrt(s1^2/n + s2^2/n))."""
+  difference to in-batch softmax on the dataset's first metric, paired over the seeds both
+  have run (grid.paired_difference)."""
   out: Dict[str, Any] = {}
   by_seed: Dict[str, Dict[int, float]] = {}  # key -> seed -> the dataset's first metric
   for (dataset, arch, loss), runs in grid.group(
@@ -186,14 +185,9 @@ def summarise(entries: Mapping[str, Any]) -> Dict[str, Any]:
   for key, stats in out.items():
     dataset, arch, loss = key.split("/")
     base_key = f"{dataset}/{arch}/in_batch"
-    seeds = sorted(set(by_seed[key]) & set(by_seed.get(base_key, {})))
-    if loss == "in_batch" or not seeds:
-      continue
-    a, b = (grid.seed_statistics([by_seed[k][s] for s in seeds]) for k in (key, base_key))
-    stats["delta_vs_in_batch"] = {
-        "metric": DATASETS[dataset]["metrics"][0], "mean": a["mean"] - b["mean"],
-        "n": len(seeds), "seeds": seeds,
-        "se": float(np.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]))}
+    delta = grid.paired_difference(by_seed[key], by_seed.get(base_key, {}))
+    if loss != "in_batch" and delta:
+      stats["delta_vs_in_batch"] = dict(delta, metric=DATASETS[dataset]["metrics"][0])
   return out
 
 
@@ -209,21 +203,17 @@ def render(suite: grid.Suite, entries: Mapping[str, Any], report: pathlib.Path) 
     metrics = spec["metrics"]
     lines += [f"**{dataset}** (test split; mean ± std over seeds)", "",
               f"| tower | loss | seeds | {' | '.join(metrics)} | Δ{metrics[0]} vs in-batch "
-              "(± s.e.) | median top-1 cos | median qq/qp |",
+              "(paired, ± s.e.) | median top-1 cos | median qq/qp |",
               "|---" * (len(metrics) + 6) + "|"]
     for arch in ARCHITECTURES:
       for loss in LOSSES:
         stats = summary.get(f"{dataset}/{arch}/{loss}")
         if stats is None:
           continue
-        delta = stats.get("delta_vs_in_batch")
-        delta_text = ""
-        if delta:  # a standard error needs two seeds on both sides
-          delta_text = (f"{delta['mean']:+.4f} ± {delta['se']:.4f}" if delta["n"] > 1
-                        else f"{delta['mean']:+.4f} (seed {delta['seeds'][0]})")
         lines.append("| " + " | ".join(
             [ARCHITECTURES[arch], LOSSES[loss][1], str(len(stats["seeds"]))]
-            + [grid.mean_std_cell(stats[m]) for m in metrics] + [delta_text]
+            + [grid.mean_std_cell(stats[m]) for m in metrics]
+            + [grid.difference_cell(stats.get("delta_vs_in_batch"))]
             + [grid.mean_std_cell(stats[k], 3) for k in SHOWN_ANALYSIS]) + " |")
     lines.append("")
   draw_figures(report)

@@ -126,8 +126,14 @@ def _cell(dataset: str, query: str, teacher: str, multiple: float, seed: int, ba
 
 
 def summarise(entries: Mapping[str, Any]) -> Dict[str, Any]:
-  """Row key -> {metric: mean/std/n over seeds}; references keyed '<dataset>/reference/<name>'."""
+  """Row key -> {metric: mean/std/n over seeds}; references keyed '<dataset>/reference/<name>'.
+
+  Every trained row but the IDF-aware ensemble's also gets its NDCG@10 difference to the
+  IDF-aware ensemble at the same λ, paired over the seeds both have run
+  (grid.paired_difference): idf = 1 against IDF-aware at equal λ, a single teacher or InfoNCE
+  against the ensemble."""
   out: Dict[str, Any] = {}
+  ndcg_by_seed: Dict[str, Dict[int, float]] = {}
   for entry in entries.values():
     f = entry["factors"]
     if "reference" in f:
@@ -139,9 +145,17 @@ def summarise(entries: Mapping[str, Any]) -> Dict[str, Any]:
     if key[1] is None:
       continue
     dataset, query, teacher, multiple = key
-    out[f"{dataset}/{query}/{teacher}/x{multiple:g}"] = dict(
+    row = f"{dataset}/{query}/{teacher}/x{multiple:g}"
+    out[row] = dict(
         {m: grid.seed_statistics([r["metrics"][m] for r in runs]) for m in METRICS},
         seeds=sorted(r["factors"]["seed"] for r in runs), flops_lambda=FLOPS_LAMBDA * multiple)
+    ndcg_by_seed[row] = {r["factors"]["seed"]: r["metrics"]["ndcg@10"] for r in runs}
+  for row, by_seed in ndcg_by_seed.items():
+    dataset, query, teacher, multiple = row.split("/")
+    base = ndcg_by_seed.get(f"{dataset}/idf/ensemble/{multiple}", {})
+    delta = grid.paired_difference(by_seed, base)
+    if (query, teacher) != ("idf", "ensemble") and delta:
+      out[row]["delta_vs_idf_ensemble"] = dict(delta, metric="ndcg@10")
   return out
 
 
@@ -166,12 +180,14 @@ def render(suite: grid.Suite, entries: Mapping[str, Any], report: pathlib.Path) 
     keys.sort(key=lambda k: (k.split("/")[1] != "reference", k.split("/")[2] != "ensemble",
                              float(k.split("/")[3][1:]) if k.count("/") == 3 else 0, k))
     lines += [f"**{dataset}** (test split; mean ± std over seeds)", "",
-              f"| model | seeds | {' | '.join(METRICS)} |", "|---" * (len(METRICS) + 2) + "|"]
+              f"| model | seeds | {' | '.join(METRICS)} | Δndcg@10 vs IDF-aware ensemble at "
+              "equal λ (paired, ± s.e.) |", "|---" * (len(METRICS) + 3) + "|"]
     for key in keys:
       stats = summary[key]
       cells = [grid.mean_std_cell(stats[m], 4 if m in ("ndcg@10", "mrr@10", "recall@100")
                                   else 2) if m in stats else "" for m in METRICS]
       seeds = str(len(stats.get("seeds", [0])))
+      cells.append(grid.difference_cell(stats.get("delta_vs_idf_ensemble")))
       lines.append(f"| {_label(key)} | {seeds} | " + " | ".join(cells) + " |")
     lines.append("")
   draw_tradeoff(summary, report / "figures")
