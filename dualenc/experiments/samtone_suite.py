@@ -184,9 +184,10 @@ def summarise(entries: Mapping[str, Any]) -> Dict[str, Any]:
                                            for r in runs}
   for key, stats in out.items():
     dataset, arch, loss = key.split("/")
-    base_key = f"{dataset}/{arch}/in_batch"
-    delta = grid.paired_difference(by_seed[key], by_seed.get(base_key, {}))
-    if loss != "in_batch" and delta:
+    if loss == "in_batch":
+      continue
+    delta = grid.paired_difference(by_seed[key], by_seed.get(f"{dataset}/{arch}/in_batch", {}))
+    if delta:
       stats["delta_vs_in_batch"] = dict(delta, metric=DATASETS[dataset]["metrics"][0])
   return out
 

@@ -152,9 +152,11 @@ def summarise(entries: Mapping[str, Any]) -> Dict[str, Any]:
     ndcg_by_seed[row] = {r["factors"]["seed"]: r["metrics"]["ndcg@10"] for r in runs}
   for row, by_seed in ndcg_by_seed.items():
     dataset, query, teacher, multiple = row.split("/")
+    if (query, teacher) == ("idf", "ensemble"):  # the comparison's base
+      continue
     base = ndcg_by_seed.get(f"{dataset}/idf/ensemble/{multiple}", {})
     delta = grid.paired_difference(by_seed, base)
-    if (query, teacher) != ("idf", "ensemble") and delta:
+    if delta:
       out[row]["delta_vs_idf_ensemble"] = dict(delta, metric="ndcg@10")
   return out
 
